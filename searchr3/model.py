@@ -1,0 +1,392 @@
+"""The Search-R3 embedder: embeddings read off a chat LM at the ``<|embed_token|>`` position.
+
+Two ways to get an embedding, both ending at the same token:
+
+* **direct** (documents, and queries with reasoning off): the assistant turn is fixed text that
+  ends with the token, so one batched forward pass gives every embedding.
+* **reasoning** (queries): the model writes a short analysis and then the token. Generation runs
+  with the KV cache; the token is fed back through the cache to get its hidden state, so the
+  text is never re-encoded. If the model stops (end of turn) or hits the length limit without the
+  token, the token is appended in its place and the embedding is still produced.
+
+The embedding is the final-layer hidden state after the final norm, L2-normalised by default.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from .backbone import FORMAT_VERSION, SEARCHR3_CONFIG, load_backbone, model_source
+from .io import atomic_directory, atomic_write_json
+from .prompts import Kind, PromptConfig, PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollouts:
+    """What reasoning encoding produced for a batch of queries (also the RL stage's rollouts)."""
+
+    embeddings: torch.Tensor  # [n, hidden], float32, normalised if asked
+    texts: list[str]  # the generated reasoning, decoded, without the embedding token
+    prompt_ids: list[list[int]]  # the prompt each rollout continued
+    completion_ids: list[list[int]]  # generated ids, ending with the embedding token
+    emitted: list[bool] = field(default_factory=list)  # did the model emit the token itself?
+
+
+def _as_list(texts: str | Sequence[str]) -> tuple[list[str], bool]:
+    if isinstance(texts, str):
+        return [texts], True
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+    return texts, False
+
+
+class SearchR3:
+    """A chat LM used as a search embedder. Construct with :meth:`from_pretrained`."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        embed_token_id: int,
+        prompts: PromptConfig,
+        *,
+        base_model: str,
+        max_length: int = 512,
+        bf16: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.embed_token_id = embed_token_id
+        self.prompts = prompts
+        self.base_model = base_model
+        self.max_length = max_length
+        self.bf16 = bf16
+        self._templates: dict[tuple[str, bool], PromptTemplate] = {}
+        self.model.eval()
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        prompts: PromptConfig | dict | None = None,
+        max_length: int = 512,
+        bf16: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> "SearchR3":
+        """Load the built-in SmolLM2 (``None`` or ``"smollm2"``), a HF causal-LM folder or a saved searchr3 model.
+
+        Prompts come from, in order: the ``prompts`` argument, the saved model's ``searchr3.json``,
+        the defaults in :mod:`searchr3.prompts`.
+        """
+        if isinstance(prompts, dict):
+            prompts = PromptConfig.from_dict(prompts)
+        token = prompts.embed_token if prompts else PromptConfig().embed_token
+        model, tokenizer, token_id, meta = load_backbone(name_or_path, token, dtype)
+        if prompts is None:
+            prompts = PromptConfig.from_dict(meta["prompts"]) if meta else PromptConfig()
+        base = meta.get("base_model") if meta and meta.get("adapter") else model_source(name_or_path)
+        if meta and "max_length" in meta and max_length == 512:
+            max_length = int(meta["max_length"])
+        return cls(model, tokenizer, token_id, prompts, base_model=base, max_length=max_length, bf16=bf16)
+
+    def save_pretrained(self, path: str | os.PathLike, *, merge: bool = False) -> Path:
+        """Save atomically: the LoRA adapter (or merged weights with ``merge=True``), tokenizer, prompts."""
+        path = Path(path)
+        is_peft = hasattr(self.model, "peft_config")
+        with atomic_directory(path) as tmp:
+            if is_peft and merge:
+                merged = copy.deepcopy(self.model).merge_and_unload()
+                merged.save_pretrained(tmp)
+            else:
+                self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            adapter = is_peft and not merge
+            atomic_write_json(
+                tmp / SEARCHR3_CONFIG,
+                {
+                    "format_version": FORMAT_VERSION,
+                    "adapter": adapter,
+                    "base_model": self.base_model if adapter else None,
+                    "max_length": self.max_length,
+                    "embed_token_id": self.embed_token_id,
+                    "prompts": self.prompts.to_dict(),
+                },
+            )
+        return path
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights' identity and prompts, to tell indexes of different models apart."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(json.dumps(self.prompts.to_dict(), sort_keys=True).encode())
+        h.update(str(self.max_length).encode())
+        for name, p in sorted(self.model.state_dict().items()):
+            t = p.detach().float().flatten()
+            h.update(name.encode())
+            # A few exact values per tensor identify the weights without hashing 500 MB.
+            idx = torch.linspace(0, t.numel() - 1, steps=min(64, t.numel())).long()
+            h.update(t[idx].numpy().tobytes())
+            h.update(np.float64(t.double().sum().item()).tobytes())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ prompts and batches
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    def template(self, kind: Kind, reasoning: bool = False) -> PromptTemplate:
+        key = (kind, reasoning)
+        if key not in self._templates:
+            answer = "" if reasoning else self.prompts.direct_answer
+            self._templates[key] = PromptTemplate(self.tokenizer, self.prompts.system(kind, reasoning), answer)
+        return self._templates[key]
+
+    def prompt_ids(self, texts: Sequence[str], kind: Kind, reasoning: bool = False) -> list[list[int]]:
+        """Token ids of each text's full prompt, truncated to ``max_length`` keeping the template's tail."""
+        tpl = self.template(kind, reasoning)
+        room = self.max_length
+        if reasoning:  # leave space for the reasoning and the token
+            room = self.max_length - self.prompts.max_reasoning_tokens - 1
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [tpl.build(ids, room) for ids in encoded]
+
+    def collate(self, ids: Sequence[Sequence[int]], *, left: bool = False) -> dict[str, torch.Tensor]:
+        """Pad id lists to one batch. ``embed_index`` is each row's last real position."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            if left:
+                input_ids[i, width - len(x):] = torch.tensor(x)
+                mask[i, width - len(x):] = 1
+            else:
+                input_ids[i, : len(x)] = torch.tensor(x)
+                mask[i, : len(x)] = 1
+        last = torch.full((len(ids),), width - 1) if left else mask.sum(1) - 1
+        return {"input_ids": input_ids, "attention_mask": mask, "embed_index": last}
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _decoder(self):
+        # The causal LM's body (LlamaModel, Qwen2Model, ...): its last_hidden_state is after the final norm.
+        # For a peft model, get_base_model() is the wrapped causal LM, whose layers carry the LoRA weights.
+        lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return lm.base_model, lm.get_output_embeddings()
+
+    def hidden_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Final-layer hidden state at ``index`` of each row (differentiable; used by the trainers)."""
+        decoder, _ = self._decoder()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+    # ------------------------------------------------------------------ direct encoding
+    @torch.no_grad()
+    def _encode_ids(self, ids: list[list[int]], batch_size: int, show_progress_bar: bool, desc: str) -> torch.Tensor:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: padding stays small
+        out = torch.empty((len(ids), self.hidden_size), dtype=torch.float32)
+        starts = range(0, len(ids), batch_size)
+        for s in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
+            rows = order[s : s + batch_size]
+            batch = self.collate([ids[i] for i in rows])
+            with self._autocast():
+                h = self.hidden_at(
+                    batch["input_ids"].to(self.device),
+                    batch["attention_mask"].to(self.device),
+                    batch["embed_index"].to(self.device),
+                )
+            out[rows] = h.float().cpu()
+        return out
+
+    def _finish(self, emb: torch.Tensor, single: bool, normalize: bool, convert_to_numpy: bool, convert_to_tensor: bool):
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        if single:
+            emb = emb[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return emb
+        return emb.numpy()
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        kind: Kind = "document",
+        reasoning: bool = False,
+        batch_size: int = 16,
+        show_progress_bar: bool = False,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        **generation: Any,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed texts as ``kind`` ("query" or "document"). Returns ``[n, hidden]`` (or ``[hidden]`` for one string).
+
+        Empty and whitespace-only texts are valid: they embed the prompt with nothing in it.
+        Texts longer than ``max_length`` are cut at the end of the text, never of the prompt.
+        """
+        items, single = _as_list(texts)
+        if not items:
+            return self._finish(torch.empty((0, self.hidden_size)), False, False, convert_to_numpy, convert_to_tensor)
+        if reasoning:
+            emb = self.reason(items, batch_size=batch_size, show_progress_bar=show_progress_bar, normalize_embeddings=False, **generation).embeddings
+        else:
+            if generation:
+                raise TypeError(f"generation settings {sorted(generation)} need reasoning=True")
+            ids = self.prompt_ids(items, kind)
+            emb = self._encode_ids(ids, batch_size, show_progress_bar, f"encode {kind}s")
+        return self._finish(emb, single, normalize_embeddings, convert_to_numpy, convert_to_tensor)
+
+    def encode_query(self, texts: str | Sequence[str], *, reasoning: bool = False, **kwargs: Any):
+        """Embed search queries; with ``reasoning=True`` the model reasons first (see :meth:`reason`)."""
+        return self.encode(texts, kind="query", reasoning=reasoning, **kwargs)
+
+    def encode_document(self, texts: str | Sequence[str], **kwargs: Any):
+        """Embed documents (always direct: one forward pass)."""
+        return self.encode(texts, kind="document", reasoning=False, **kwargs)
+
+    # ------------------------------------------------------------------ reasoning encoding
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end a turn (EOS and the chat template's end-of-turn), besides the embedding token."""
+        ids = set()
+        for tid in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(tid, int):
+                ids.add(tid)
+            elif isinstance(tid, (list, tuple)):
+                ids.update(int(t) for t in tid)
+        vocab = self.tokenizer.get_vocab()
+        for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"):
+            if name in vocab:
+                ids.add(vocab[name])
+        ids.discard(self.embed_token_id)
+        return sorted(ids)
+
+    def reason(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 8,
+        show_progress_bar: bool = False,
+        normalize_embeddings: bool = True,
+        max_new_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Rollouts:
+        """Generate reasoning for each query and embed it at the ``<|embed_token|>`` that ends it."""
+        items, _ = _as_list(texts)
+        if max_new_tokens is None:
+            max_new_tokens = self.prompts.max_reasoning_tokens
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if do_sample and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        prompts = self.prompt_ids(items, "query", reasoning=True)
+        order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
+        emb = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
+        completions: list[list[int]] = [[] for _ in items]
+        emitted = [False] * len(items)
+        starts = range(0, len(items), batch_size)
+        for s in tqdm(starts, desc="reason queries", disable=not show_progress_bar, unit="batch"):
+            rows = order[s : s + batch_size]
+            h, comp, emit = self._generate([prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator)
+            emb[rows] = h
+            for j, i in enumerate(rows):
+                completions[i], emitted[i] = comp[j], emit[j]
+        if normalize_embeddings:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        texts_out = [self.tokenizer.decode(c[:-1], skip_special_tokens=True).strip() for c in completions]
+        return Rollouts(emb, texts_out, prompts, completions, emitted)
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
+        """Batched generation with the KV cache.
+
+        Written as a small loop rather than ``model.generate`` because the embedding is the hidden
+        state *of* the final token, which ``generate`` never computes (it stops after sampling it),
+        and because a stop token must be replaced by the embedding token and fed through the cache.
+        """
+        decoder, lm_head = self._decoder()
+        dev = self.device
+        batch = self.collate(prompts, left=True)
+        ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+        n = ids.shape[0]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        stops = torch.tensor(self.stop_token_ids(), dtype=torch.long, device=dev)
+        embed = torch.full((n,), self.embed_token_id, dtype=torch.long, device=dev)
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        emitted = torch.zeros(n, dtype=torch.bool, device=dev)
+        out_emb = torch.zeros((n, self.hidden_size), dtype=torch.float32)
+        completions: list[list[int]] = [[] for _ in range(n)]
+        next_pos = positions[:, -1]
+        with self._autocast():
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+            for step in range(max_new_tokens + 1):
+                if step == max_new_tokens:
+                    token = embed.clone()  # length limit: append the token
+                else:
+                    token = self._next_token(lm_head(hidden).float(), do_sample, temperature, top_p, generator)
+                is_embed = token == self.embed_token_id
+                emitted |= is_embed & ~done & (step < max_new_tokens)
+                finishing = ~done & (is_embed | torch.isin(token, stops))
+                feed = torch.where(finishing, embed, token)
+                feed = torch.where(done, torch.full_like(feed, self.tokenizer.pad_token_id), feed)
+                for i in (~done).nonzero().flatten().tolist():
+                    completions[i].append(int(feed[i]))
+                mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+                next_pos = next_pos + 1
+                hidden = decoder(
+                    input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
+                ).last_hidden_state[:, -1]
+                out_emb[finishing.cpu()] = hidden[finishing].float().cpu()
+                done |= finishing
+                if bool(done.all()):
+                    break
+        return out_emb, completions, emitted.cpu().tolist()
+
+    @staticmethod
+    def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator) -> torch.Tensor:
+        if not do_sample:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_p, idx = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
