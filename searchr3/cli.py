@@ -1,0 +1,113 @@
+"""The ``searchr3`` command line. Heavy imports live inside the commands so ``--help`` is instant."""
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
+
+DEFAULT_DATA = Path("../shared/data")
+
+app = typer.Typer(help="Search-R3: a chat LLM as a search embedder whose embeddings come out of its own reasoning.", no_args_is_help=True, pretty_exceptions_show_locals=False)
+train_app = typer.Typer(help="Train the embedder: stage 1 (sft) and stage 2 (rl).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+class Reasoning(str, Enum):
+    off = "off"
+    on = "on"
+    both = "both"
+
+
+def evaluate(
+    data: Path,
+    split: str,
+    model: Optional[str],
+    reasoning: Reasoning,
+    baselines: bool,
+    out: Optional[Path],
+    batch_size: int,
+    max_length: int,
+    title: str,
+) -> list[dict]:
+    """Evaluate a searchr3 model (and the baselines) on one BEIR split; print the table, write JSON."""
+    from rich.console import Console
+
+    from searchr3 import SearchR3
+    from searchr3.evaluation import format_table, run_evaluation, write_results
+
+    console = Console()
+    systems: list = []
+    if baselines:
+        from searchr3.baselines import MiniLMEncoder
+
+        systems += [("BM25", "bm25", False), ("all-MiniLM-L6-v2", MiniLMEncoder(), False)]
+    if model != "none":
+        m = SearchR3.from_pretrained(model, max_length=max_length)
+        name = f"searchr3 ({model or 'smollm2'})"
+        modes = {"off": [False], "on": [True], "both": [False, True]}[reasoning.value]
+        systems += [(name, m, r) for r in modes]
+    rows = run_evaluation(data, split, systems, batch_size=batch_size, show_progress_bar=True)
+    console.print(format_table(rows, title=title))
+    if out is not None:
+        write_results(rows, out)
+        console.print(f"results written to {out}")
+    return rows
+
+
+@app.command("eval")
+def eval_command(
+    data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    model: Annotated[Optional[str], typer.Option(help="Model folder, 'smollm2' (built-in, default) or 'none' for baselines only.")] = None,
+    reasoning: Annotated[Reasoning, typer.Option(help="Query encoding: direct (off), reasoning first (on), or both.")] = Reasoning.both,
+    baselines: Annotated[bool, typer.Option(help="Also evaluate BM25 and all-MiniLM-L6-v2.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Write the rows as JSON here.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_length: Annotated[int, typer.Option(min=16, help="Token budget per text (prompt included).")] = 512,
+) -> None:
+    """Retrieval quality (nDCG@10, Recall@100, MRR@10) on a BEIR folder."""
+    evaluate(data, split, model, reasoning, baselines, out, batch_size, max_length, title=f"{data.name} ({split})")
+
+
+@app.command()
+def quickstart(
+    data: Annotated[Path, typer.Option(help="Folder holding msmarco-mini.")] = DEFAULT_DATA,
+    out: Annotated[Path, typer.Option(help="Where results are written.")] = Path("runs/quickstart"),
+    max_length: Annotated[int, typer.Option(min=16)] = 512,
+) -> None:
+    """The main job: the built-in model, zero-shot, reasoning off and on, next to BM25 and MiniLM on msmarco-mini."""
+    folder = data / "msmarco-mini" if (data / "msmarco-mini").is_dir() else data
+    evaluate(folder, "test", None, Reasoning.both, True, out / "zero_shot.json", 16, max_length, title="Zero-shot on msmarco-mini")
+
+
+def main() -> None:
+    """Entry point: known bad-input errors become one clear line and exit code 2, not a traceback."""
+    from searchr3.backbone import ModelLoadError
+    from searchr3.data.beir import DataError
+
+    try:
+        app(standalone_mode=False)
+    except (DataError, ModelLoadError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
+    except click_exceptions() as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+
+
+def click_exceptions():
+    import click
+
+    return click.ClickException
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""Retrieval evaluation as in BEIR/MTEB: exact dense top-k, ``pytrec_eval`` metrics, timing.
+
+Metrics (means over judged queries, see :func:`searchr3.data.beir.judged_queries`):
+
+- ``ndcg@10``: ``ndcg_cut_10`` with graded gains;
+- ``recall@100``: ``recall_100``, a document counts as relevant at ``relevance_level`` or above;
+- ``mrr@10``: ``recip_rank`` on the run cut to its top 10 (``recip_rank`` alone has no cut-off).
+
+A judged query missing from the run scores 0 on every metric (``pytrec_eval`` would silently leave
+it out of the average).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import pytrec_eval
+import torch
+from rich.table import Table
+
+from searchr3.baselines import BM25Retriever
+from searchr3.data.beir import BeirDataset, doc_text, judged_queries, load_beir
+from searchr3.io import atomic_write_json
+
+__all__ = [
+    "METRICS",
+    "CorpusEmbeddings",
+    "Encoder",
+    "Run",
+    "System",
+    "compute_metrics",
+    "dense_retrieve",
+    "encode_corpus",
+    "evaluate_bm25",
+    "evaluate_encoder",
+    "format_table",
+    "run_evaluation",
+    "top_k",
+    "write_results",
+]
+
+Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+_MRR_CUTOFF = 10
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Anything that embeds queries and documents into L2-normalised float32 rows."""
+
+    def encode_query(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = ...,
+        show_progress_bar: bool = ...,
+        reasoning: bool = ...,
+    ) -> np.ndarray: ...
+
+    def encode_document(
+        self, texts: Sequence[str], *, batch_size: int = ..., show_progress_bar: bool = ...
+    ) -> np.ndarray: ...
+
+
+System = tuple[str, Encoder | Literal["bm25"], bool]  # (name, encoder or "bm25", reasoning)
+
+
+@dataclass
+class CorpusEmbeddings:
+    """Document embeddings of a corpus, reusable across query-side settings of one encoder."""
+
+    doc_ids: list[str]
+    embeddings: np.ndarray  # (len(doc_ids), dim), L2-normalised
+    seconds: float  # wall time it took to encode them
+
+
+def encode_corpus(
+    encoder: Encoder,
+    corpus: Mapping[str, Mapping[str, str]],
+    *,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+) -> CorpusEmbeddings:
+    """Encode every document of ``corpus`` (``title + " " + text``) with ``encoder``."""
+    doc_ids = list(corpus)
+    start = time.perf_counter()
+    emb = encoder.encode_document(
+        [doc_text(corpus[d]) for d in doc_ids],
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+    )
+    seconds = time.perf_counter() - start
+    emb = _as_numpy(emb)
+    _check_embeddings(emb, len(doc_ids), "document")
+    return CorpusEmbeddings(doc_ids=doc_ids, embeddings=emb, seconds=seconds)
+
+
+def dense_retrieve(
+    query_emb: np.ndarray | torch.Tensor,
+    doc_emb: np.ndarray | torch.Tensor,
+    doc_ids: Sequence[str],
+    query_ids: Sequence[str],
+    k: int = 100,
+    *,
+    doc_chunk_size: int = 16384,
+    query_chunk_size: int = 1024,
+) -> Run:
+    """Exact top-``k`` by dot product (cosine for normalised rows), scanning documents in chunks.
+
+    Peak extra memory is about ``query_chunk_size * (doc_chunk_size + 2k)`` floats, so ``doc_emb``
+    may be a large (even memory-mapped) array.
+    """
+    if query_emb.ndim != 2 or doc_emb.ndim != 2:
+        raise ValueError("query_emb and doc_emb must be 2-D")
+    if query_emb.shape[1] != doc_emb.shape[1]:
+        raise ValueError(
+            f"dimension mismatch: queries {query_emb.shape[1]}, docs {doc_emb.shape[1]}"
+        )
+    if query_emb.shape[0] != len(query_ids) or doc_emb.shape[0] != len(doc_ids):
+        raise ValueError("embedding rows and ids differ in number")
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    k = min(k, len(doc_ids))
+    run: Run = {}
+    if k == 0:
+        return {qid: {} for qid in query_ids}
+    for q0 in range(0, len(query_ids), query_chunk_size):
+        queries = _as_tensor(query_emb[q0 : q0 + query_chunk_size])
+        best_scores = torch.full((queries.shape[0], 0), float("-inf"))
+        best_idx = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+        for d0 in range(0, len(doc_ids), doc_chunk_size):
+            scores = queries @ _as_tensor(doc_emb[d0 : d0 + doc_chunk_size]).T
+            chunk_scores, chunk_idx = scores.topk(min(k, scores.shape[1]), dim=1)
+            merged_scores = torch.cat([best_scores, chunk_scores], dim=1)
+            merged_idx = torch.cat([best_idx, chunk_idx + d0], dim=1)
+            best_scores, pos = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
+            best_idx = merged_idx.gather(1, pos)
+        for qid, row_idx, row_scores in zip(
+            query_ids[q0 : q0 + query_chunk_size],
+            best_idx.tolist(),
+            best_scores.tolist(),
+            strict=True,
+        ):
+            run[qid] = {doc_ids[i]: s for i, s in zip(row_idx, row_scores, strict=True)}
+    return run
+
+
+def top_k(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
+    """Each query's ``k`` best documents in trec_eval's order (score, then doc id, descending)."""
+    return {
+        qid: dict(sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)[:k])
+        for qid, docs in run.items()
+    }
+
+
+def compute_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    *,
+    relevance_level: int = 1,
+    per_query: bool = False,
+) -> dict[str, Any]:
+    """nDCG@10, Recall@100 and MRR@10 averaged over judged queries, plus ``num_queries``.
+
+    With ``per_query=True`` the result also has ``per_query``: {qid: {metric: value}}.
+    """
+    judged = judged_queries(qrels, relevance_level)
+    if not judged:
+        raise ValueError(f"no query has a judgment at relevance level {relevance_level} or above")
+    values = {qid: dict.fromkeys(METRICS, 0.0) for qid in judged}
+    judged_qrels = {qid: {d: int(s) for d, s in qrels[qid].items()} for qid in judged}
+    judged_run = {qid: {d: float(s) for d, s in run[qid].items()} for qid in judged if run.get(qid)}
+    if judged_run:
+        full = pytrec_eval.RelevanceEvaluator(
+            judged_qrels, {"ndcg_cut_10", "recall_100"}, relevance_level=relevance_level
+        ).evaluate(judged_run)
+        cut = pytrec_eval.RelevanceEvaluator(
+            judged_qrels, {"recip_rank"}, relevance_level=relevance_level
+        ).evaluate(top_k(judged_run, _MRR_CUTOFF))
+        for qid in judged_run:
+            values[qid] = {
+                "ndcg@10": full[qid]["ndcg_cut_10"],
+                "recall@100": full[qid]["recall_100"],
+                "mrr@10": cut[qid]["recip_rank"],
+            }
+    result: dict[str, Any] = {m: float(np.mean([v[m] for v in values.values()])) for m in METRICS}
+    result["num_queries"] = len(judged)
+    if per_query:
+        result["per_query"] = values
+    return result
+
+
+def evaluate_encoder(
+    encoder: Encoder,
+    dataset: BeirDataset,
+    *,
+    reasoning: bool,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+    k: int = 100,
+    corpus_embeddings: CorpusEmbeddings | None = None,
+    per_query: bool = False,
+) -> dict[str, Any]:
+    """Encode judged queries (and the corpus unless ``corpus_embeddings`` is given) and score them.
+
+    Documents are always encoded the same way, so pass the ``CorpusEmbeddings`` of an earlier call
+    (or of :func:`encode_corpus`) to evaluate reasoning on and off without re-encoding the corpus.
+    ``seconds_per_query`` is query-encoding wall time over the number of queries (batched).
+    """
+    if corpus_embeddings is None:
+        corpus_embeddings = encode_corpus(
+            encoder, dataset.corpus, batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
+    elif corpus_embeddings.doc_ids != list(dataset.corpus):
+        raise ValueError("corpus_embeddings were computed for a different corpus")
+    qids = _judged_ids(dataset)
+    start = time.perf_counter()
+    query_emb = encoder.encode_query(
+        [dataset.queries[q] for q in qids],
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        reasoning=reasoning,
+    )
+    query_seconds = time.perf_counter() - start
+    query_emb = _as_numpy(query_emb)
+    _check_embeddings(query_emb, len(qids), "query")
+    start = time.perf_counter()
+    run = dense_retrieve(
+        query_emb, corpus_embeddings.embeddings, corpus_embeddings.doc_ids, qids, k
+    )
+    retrieval_seconds = time.perf_counter() - start
+    return _result(
+        dataset,
+        run,
+        per_query,
+        reasoning=reasoning,
+        seconds_per_query=query_seconds / len(qids),
+        retrieval_seconds=retrieval_seconds,
+        corpus_seconds=corpus_embeddings.seconds,
+    )
+
+
+def evaluate_bm25(
+    dataset: BeirDataset,
+    *,
+    k: int = 100,
+    show_progress_bar: bool = False,
+    retriever: BM25Retriever | None = None,
+    per_query: bool = False,
+) -> dict[str, Any]:
+    """BM25 on ``dataset``; ``corpus_seconds`` is index time, ``seconds_per_query`` search time."""
+    retriever = retriever or BM25Retriever()
+    start = time.perf_counter()
+    retriever.index(dataset.corpus, show_progress_bar=show_progress_bar)
+    index_seconds = time.perf_counter() - start
+    qids = _judged_ids(dataset)
+    start = time.perf_counter()
+    run = retriever.search(
+        {q: dataset.queries[q] for q in qids}, k, show_progress_bar=show_progress_bar
+    )
+    search_seconds = time.perf_counter() - start
+    return _result(
+        dataset,
+        run,
+        per_query,
+        reasoning=False,
+        seconds_per_query=search_seconds / len(qids),
+        retrieval_seconds=search_seconds,
+        corpus_seconds=index_seconds,
+    )
+
+
+def run_evaluation(
+    data_dir: str | Path,
+    split: str,
+    systems: Sequence[System],
+    *,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+    k: int = 100,
+) -> list[dict[str, Any]]:
+    """Evaluate each ``(name, encoder or "bm25", reasoning)`` on one BEIR split; one row per system.
+
+    Systems sharing an encoder object share its corpus embeddings (encoded once).
+    """
+    dataset = load_beir(data_dir, split)
+    corpus_cache: dict[int, CorpusEmbeddings] = {}
+    rows = []
+    for name, system, reasoning in systems:
+        if isinstance(system, str):
+            if system != "bm25":
+                raise ValueError(f"unknown system {system!r}: pass an Encoder or 'bm25'")
+            if reasoning:
+                raise ValueError(f"{name}: BM25 has no reasoning mode")
+            result = evaluate_bm25(dataset, k=k, show_progress_bar=show_progress_bar)
+        else:
+            if id(system) not in corpus_cache:
+                corpus_cache[id(system)] = encode_corpus(
+                    system,
+                    dataset.corpus,
+                    batch_size=batch_size,
+                    show_progress_bar=show_progress_bar,
+                )
+            result = evaluate_encoder(
+                system,
+                dataset,
+                reasoning=reasoning,
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+                k=k,
+                corpus_embeddings=corpus_cache[id(system)],
+            )
+        result.pop("run")
+        rows.append({"system": name, "dataset": dataset.name, "split": split, **result})
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
+    """A rich table of result rows (as returned by :func:`run_evaluation`)."""
+    table = Table(title=title)
+    for header in ("System", "Reasoning", "nDCG@10", "Recall@100", "MRR@10", "s/query", "Queries"):
+        if header == "System":
+            table.add_column(header, overflow="fold")
+        else:
+            table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["system"]),
+            "on" if row["reasoning"] else "off",
+            *(f"{row[m]:.4f}" for m in METRICS),
+            f"{row['seconds_per_query']:.3g}",
+            str(row["num_queries"]),
+        )
+    return table
+
+
+def write_results(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Write ``rows`` to ``path`` as JSON, atomically (see :mod:`searchr3.io`)."""
+    atomic_write_json(path, [dict(row) for row in rows])
+
+
+def _judged_ids(dataset: BeirDataset) -> list[str]:
+    qids = dataset.judged_query_ids()
+    if not qids:
+        raise ValueError(f"{dataset.name}/{dataset.split}: no query has a relevant judgment")
+    return qids
+
+
+def _result(
+    dataset: BeirDataset, run: Run, per_query: bool, **timings: float | bool
+) -> dict[str, Any]:
+    """Metrics, then ``timings``, ``num_docs`` and the ``run`` itself."""
+    return {
+        **compute_metrics(dataset.qrels, run, per_query=per_query),
+        **timings,
+        "num_docs": len(dataset.corpus),
+        "run": run,
+    }
+
+
+def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu()
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _check_embeddings(emb: np.ndarray, rows: int, what: str) -> None:
+    """Rows must match the inputs and be L2-normalised (loose: bf16 models are off by ~1e-3)."""
+    if emb.ndim != 2 or emb.shape[0] != rows:
+        raise ValueError(f"expected {rows} {what} embeddings as a 2-D array, got shape {emb.shape}")
+    norms = np.linalg.norm(emb, axis=1)
+    if rows and not np.allclose(norms, 1.0, atol=1e-2):
+        raise ValueError(
+            f"{what} embeddings are not L2-normalised (norms {norms.min():.3g}..{norms.max():.3g})"
+        )
