@@ -34,6 +34,7 @@ def evaluate(
     batch_size: int,
     max_length: int,
     title: str,
+    cache: bool = True,
 ) -> list[dict]:
     """Evaluate a searchr3 model (and the baselines) on one BEIR split; print the table, write JSON."""
     from rich.console import Console
@@ -52,7 +53,10 @@ def evaluate(
         name = f"searchr3 ({model or 'smollm2'})"
         modes = {"off": [False], "on": [True], "both": [False, True]}[reasoning.value]
         systems += [(name, m, r) for r in modes]
-    rows = run_evaluation(data, split, systems, batch_size=batch_size, show_progress_bar=True)
+    from searchr3.backbone import cache_dir
+
+    emb_cache = cache_dir() / "corpus-embeddings" if cache else None
+    rows = run_evaluation(data, split, systems, batch_size=batch_size, show_progress_bar=True, cache_dir=emb_cache)
     console.print(format_table(rows, title=title))
     if out is not None:
         write_results(rows, out)
@@ -70,9 +74,10 @@ def eval_command(
     out: Annotated[Optional[Path], typer.Option(help="Write the rows as JSON here.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     max_length: Annotated[int, typer.Option(min=16, help="Token budget per text (prompt included).")] = 512,
+    cache: Annotated[bool, typer.Option(help="Reuse this model's corpus embeddings from the cache folder.")] = True,
 ) -> None:
     """Retrieval quality (nDCG@10, Recall@100, MRR@10) on a BEIR folder."""
-    evaluate(data, split, model, reasoning, baselines, out, batch_size, max_length, title=f"{data.name} ({split})")
+    evaluate(data, split, model, reasoning, baselines, out, batch_size, max_length, title=f"{data.name} ({split})", cache=cache)
 
 
 @app.command()

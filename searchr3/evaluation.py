@@ -12,6 +12,8 @@ it out of the average).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from rich.table import Table
 
 from searchr3.baselines import BM25Retriever
 from searchr3.data.beir import BeirDataset, doc_text, judged_queries, load_beir
-from searchr3.io import atomic_write_json
+from searchr3.io import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "METRICS",
@@ -85,19 +87,45 @@ def encode_corpus(
     *,
     batch_size: int = 32,
     show_progress_bar: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> CorpusEmbeddings:
-    """Encode every document of ``corpus`` (``title + " " + text``) with ``encoder``."""
+    """Encode every document of ``corpus`` (``title + " " + text``) with ``encoder``.
+
+    With ``cache_dir``, embeddings of an encoder that has a ``fingerprint()`` (a searchr3 model) are
+    stored under a key of that fingerprint and the corpus content, and reused by later calls: the
+    same model never encodes the same corpus twice. ``seconds`` is then the original encode time.
+    """
     doc_ids = list(corpus)
+    texts = [doc_text(corpus[d]) for d in doc_ids]
+    cache_file = _cache_file(encoder, doc_ids, texts, cache_dir)
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with np.load(cache_file) as z:
+                emb, seconds = z["embeddings"], float(z["seconds"])
+            _check_embeddings(emb, len(doc_ids), "document")
+            return CorpusEmbeddings(doc_ids=doc_ids, embeddings=emb, seconds=seconds)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is simply recomputed (and overwritten atomically)
     start = time.perf_counter()
-    emb = encoder.encode_document(
-        [doc_text(corpus[d]) for d in doc_ids],
-        batch_size=batch_size,
-        show_progress_bar=show_progress_bar,
-    )
+    emb = encoder.encode_document(texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
     seconds = time.perf_counter() - start
     emb = _as_numpy(emb)
     _check_embeddings(emb, len(doc_ids), "document")
+    if cache_file is not None:
+        buf = io.BytesIO()
+        np.savez(buf, embeddings=emb, seconds=np.float64(seconds))
+        atomic_write_bytes(cache_file, buf.getvalue())
     return CorpusEmbeddings(doc_ids=doc_ids, embeddings=emb, seconds=seconds)
+
+
+def _cache_file(encoder: Any, doc_ids: list[str], texts: list[str], cache_dir: str | Path | None) -> Path | None:
+    fingerprint = getattr(encoder, "fingerprint", None)
+    if cache_dir is None or not callable(fingerprint):
+        return None
+    h = hashlib.sha256(str(fingerprint()).encode())
+    for d, t in zip(doc_ids, texts):
+        h.update(d.encode() + b"\0" + t.encode() + b"\0")
+    return Path(cache_dir) / f"{h.hexdigest()[:24]}.npz"
 
 
 def dense_retrieve(
@@ -283,10 +311,12 @@ def run_evaluation(
     batch_size: int = 32,
     show_progress_bar: bool = False,
     k: int = 100,
+    cache_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate each ``(name, encoder or "bm25", reasoning)`` on one BEIR split; one row per system.
 
-    Systems sharing an encoder object share its corpus embeddings (encoded once).
+    Systems sharing an encoder object share its corpus embeddings (encoded once); with
+    ``cache_dir`` they are also kept on disk across calls (see :func:`encode_corpus`).
     """
     dataset = load_beir(data_dir, split)
     corpus_cache: dict[int, CorpusEmbeddings] = {}
@@ -305,6 +335,7 @@ def run_evaluation(
                     dataset.corpus,
                     batch_size=batch_size,
                     show_progress_bar=show_progress_bar,
+                    cache_dir=cache_dir,
                 )
             result = evaluate_encoder(
                 system,

@@ -290,3 +290,34 @@ def test_minilm_encoder(minilm: MiniLMEncoder) -> None:
     scores = (query @ docs.T)[0]
     assert scores[0] > scores[1]
     assert minilm.encode_query([]).shape == (0, 384)
+
+
+def test_corpus_embeddings_are_cached_per_model(tmp_path, tiny_model_dir):
+    from searchr3 import SearchR3
+    from searchr3.evaluation import encode_corpus
+
+    class Counting:
+        """Counts document encodes of a real model (the cache is under test, not the model)."""
+
+        def __init__(self, model):
+            self.model, self.calls = model, 0
+            self.fingerprint = model.fingerprint
+
+        def encode_document(self, texts, **kw):
+            self.calls += 1
+            return self.model.encode_document(texts, **kw)
+
+    corpus = {f"d{i}": {"title": "", "text": f"text number {i}"} for i in range(5)}
+    enc = Counting(SearchR3.from_pretrained(tiny_model_dir, bf16=False))
+    first = encode_corpus(enc, corpus, cache_dir=tmp_path)
+    second = encode_corpus(enc, corpus, cache_dir=tmp_path)
+    assert enc.calls == 1
+    np.testing.assert_array_equal(first.embeddings, second.embeddings)
+    (entry,) = list(tmp_path.glob("*.npz"))
+    entry.write_bytes(b"damaged")
+    third = encode_corpus(enc, corpus, cache_dir=tmp_path)
+    assert enc.calls == 2
+    np.testing.assert_allclose(third.embeddings, first.embeddings, atol=1e-6)
+    corpus["d0"]["text"] = "changed"
+    encode_corpus(enc, corpus, cache_dir=tmp_path)
+    assert enc.calls == 3 and len(list(tmp_path.glob("*.npz"))) == 2
