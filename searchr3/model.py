@@ -141,7 +141,7 @@ class SearchR3:
             t = p.detach().float().flatten()
             h.update(name.encode())
             # A few exact values per tensor identify the weights without hashing 500 MB.
-            idx = torch.linspace(0, t.numel() - 1, steps=min(64, t.numel())).long()
+            idx = torch.linspace(0, t.numel() - 1, steps=min(64, t.numel())).long().clamp_(max=t.numel() - 1)
             h.update(t[idx].numpy().tobytes())
             h.update(np.float64(t.double().sum().item()).tobytes())
         return h.hexdigest()[:16]

@@ -257,6 +257,7 @@ def test_real_smollm2_end_to_end():
     m = SearchR3.from_pretrained()
     assert m.tokenizer.convert_ids_to_tokens(m.embed_token_id) == "<|embed_token|>"
     assert m.embed_token_id == 49152
+    assert len(m.fingerprint()) == 16  # tensors over 2**24 values (the embedding matrix) included
     docs = ["Paris is the capital and largest city of France.", "Mitochondria produce ATP in cells."]
     d = m.encode_document(docs)
     assert d.shape == (2, 576) and np.isfinite(d).all()

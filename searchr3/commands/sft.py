@@ -1,0 +1,59 @@
+"""``searchr3 train sft``: stage 1, supervised training (LM + KL + InfoNCE + triplet)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def sft(
+    out: Path = typer.Option(Path("runs/sft-default"), "--out", help="Run folder (config, traces, log, checkpoint, final model, curves.png)."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="BEIR folder with a training qrels split; repeat for several (default: ../shared/data/scifact-2k)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model: HF causal-LM folder or saved searchr3 model (default: built-in SmolLM2)."),
+    split: str = typer.Option("train", "--split", help="qrels split to train on."),
+    steps: int = typer.Option(12, "--steps", help="Optimizer steps (the default finishes in ~10-15 minutes on 2 idle cores)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per micro-batch (in-batch negatives)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(2e-4, "--lr"),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA (keeps a frozen copy for the KL term)."),
+    cloze: int = typer.Option(48, "--cloze", help="Inverse-cloze examples from the training corpora."),
+    wordnet: int = typer.Option(48, "--wordnet", help="WordNet definition -> word examples (needs wordnet-base)."),
+    hard_negatives: int = typer.Option(1, "--hard-negatives", help="BM25 hard negatives per example."),
+    reasoning_share: float = typer.Option(0.3, "--reasoning-share", help="Share of queries also trained with a reasoning trace."),
+    reasoning_tokens: int = typer.Option(48, "--reasoning-tokens", help="Length limit of the reasoning traces."),
+    query_tokens: int = typer.Option(64, "--query-tokens", help="Text tokens kept per query."),
+    doc_tokens: int = typer.Option(128, "--doc-tokens", help="Text tokens kept per document."),
+    temperature: float = typer.Option(0.05, "--temperature", help="InfoNCE temperature tau."),
+    margin: float = typer.Option(0.1, "--margin", help="Triplet margin theta."),
+    w_lm: float = typer.Option(1.0, "--w-lm", help="Weight of the LM loss."),
+    w_kl: float = typer.Option(0.1, "--w-kl", help="Weight of the KL-to-base loss."),
+    w_nce: float = typer.Option(1.0, "--w-nce", help="Weight of InfoNCE."),
+    w_triplet: float = typer.Option(0.5, "--w-triplet", help="Weight of the triplet loss."),
+    eval_queries: int = typer.Option(20, "--eval-queries", help="Queries of the first folder held out for periodic evaluation."),
+    eval_every: int = typer.Option(6, "--eval-every", help="Evaluate every N steps (0 = never)."),
+    save_every: int = typer.Option(4, "--save-every", help="Checkpoint every N steps."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
+    bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast for the forward passes."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Supervised training: teach the model to end answers with <|embed_token|> and shape its embedding space."""
+    from searchr3.data.beir import DataError
+    from searchr3.sft import DEFAULT_DATA, SFTConfig, SFTError, train_sft
+
+    try:
+        cfg = SFTConfig(
+            out=str(out), model=model, data=[str(d) for d in data] if data else [DEFAULT_DATA], split=split, max_steps=steps,
+            batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=2 * lora_r, full_finetune=full,
+            cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
+            reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
+            margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, eval_queries=eval_queries,
+            eval_every=eval_every, save_every=save_every, gradient_checkpointing=gradient_checkpointing, bf16=bf16, seed=seed,
+        )
+        final = train_sft(cfg, resume=resume)
+    except (ValueError, SFTError, DataError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"final model: {final}")

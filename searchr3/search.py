@@ -1,0 +1,53 @@
+"""Search an index from Python: ``Searcher(index_dir).search("query", k=10, reasoning=True)``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .index import Hit, Index
+
+
+@dataclass
+class SearchResult:
+    """The hits for one query, plus the model's reasoning when it reasoned first."""
+
+    query: str
+    hits: list[Hit]
+    reasoning: str | None = None
+
+
+class Searcher:
+    """An index plus the model that built it.
+
+    ``model`` may be a loaded :class:`~searchr3.SearchR3`, a path, or ``None`` (load the model named
+    in the index). Either way the model's fingerprint must match the index's.
+    """
+
+    def __init__(self, index_dir: str | Path, model: Any = None, *, bf16: bool = True) -> None:
+        from .model import SearchR3
+
+        self.index = Index.load(index_dir)
+        meta = self.index.meta
+        if model is None or isinstance(model, (str, Path)):
+            name = meta.model if model is None else str(model)
+            model = SearchR3.from_pretrained(name, prompts=meta.prompts, max_length=meta.max_length, bf16=bf16)
+        self.index.check_model(model)
+        self.model = model
+
+    def search(self, query: str, k: int = 10, reasoning: bool = False, **generation: Any) -> list[Hit]:
+        """Top-``k`` hits for one query."""
+        return self.search_many([query], k=k, reasoning=reasoning, **generation)[0].hits
+
+    def search_many(self, queries: list[str], k: int = 10, reasoning: bool = False, batch_size: int = 8, **generation: Any) -> list[SearchResult]:
+        """Search several queries in one batch; with ``reasoning`` each result carries the model's reasoning."""
+        if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
+            raise TypeError("queries must be a list of strings")
+        if not queries:
+            return []
+        if reasoning:
+            out = self.model.reason(queries, batch_size=batch_size, **generation)
+            emb, texts = out.embeddings.numpy(), out.texts
+        else:
+            emb, texts = self.model.encode_query(queries, batch_size=batch_size, **generation), [None] * len(queries)
+        return [SearchResult(q, hits, t) for q, hits, t in zip(queries, self.index.search(emb, k), texts)]

@@ -1,0 +1,250 @@
+"""HTTP service: OpenAI-style ``POST /v1/embeddings`` and ``POST /search`` (FastAPI).
+
+Requests are not encoded one by one: a :class:`MicroBatcher` collects the texts of requests that
+arrive within ``max_wait_ms`` of each other (up to ``max_batch`` texts) and encodes them in one
+model call on a single worker thread, which also keeps the model off the event loop.
+
+``/v1/embeddings`` follows the OpenAI request/response shape (``input`` string or list, ``model``,
+``encoding_format`` float|base64); Search-R3 options go in ``extra``:
+``{"reasoning": true, "input_type": "query"|"document"}`` (the OpenAI client sends it with
+``extra_body={"extra": {...}}``).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+
+@dataclass
+class ServiceConfig:
+    max_batch: int = 32  # texts per model call
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_texts: int = 64  # inputs per request
+    max_text_chars: int = 8_192  # characters per input
+    max_body_bytes: int = 1_000_000
+    max_k: int = 100
+    model_name: str = "searchr3"
+
+
+# ---------------------------------------------------------------------------------------- batching
+@dataclass
+class _Job:
+    texts: list[str]
+    kind: str
+    reasoning: bool
+    future: Future
+
+
+class MicroBatcher:
+    """One worker thread that encodes queued texts in batches; :meth:`submit` returns a Future.
+
+    The Future's result is ``(embeddings [n, dim] float32, reasoning texts or None)``.
+    """
+
+    def __init__(self, model: Any, max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1000
+        self.batches = 0  # model calls made (for tests and benchmarks)
+        self.texts = 0
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="searchr3-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, texts: list[str], kind: str = "document", reasoning: bool = False) -> Future:
+        if not self._thread.is_alive():
+            raise RuntimeError("the batcher is closed")
+        fut: Future = Future()
+        self._queue.put(_Job(list(texts), kind, reasoning, fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs, n, stop = [first], len(first.texts), False
+            deadline = time.monotonic() + self.max_wait
+            while n < self.max_batch:
+                try:
+                    job = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                jobs.append(job)
+                n += len(job.texts)
+            groups: dict[tuple[str, bool], list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault((job.kind, job.reasoning), []).append(job)
+            for (kind, reasoning), group in groups.items():
+                self._encode(group, kind, reasoning)
+            if stop:
+                return
+
+    def _encode(self, jobs: list[_Job], kind: str, reasoning: bool) -> None:
+        texts = [t for job in jobs for t in job.texts]
+        try:
+            if reasoning:
+                out = self.model.reason(texts, batch_size=self.max_batch)
+                emb, thoughts = out.embeddings.numpy(), out.texts
+            else:
+                emb, thoughts = self.model.encode(texts, kind=kind, batch_size=self.max_batch), None
+        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+            for job in jobs:
+                job.future.set_exception(e)
+            return
+        self.batches += 1
+        self.texts += len(texts)
+        start = 0
+        for job in jobs:
+            end = start + len(job.texts)
+            job.future.set_result((emb[start:end], thoughts[start:end] if thoughts else None))
+            start = end
+
+
+# ---------------------------------------------------------------------------------------- schema
+class EmbeddingExtra(BaseModel):
+    reasoning: bool = False
+    input_type: Literal["query", "document"] | None = None  # default: query with reasoning, else document
+
+
+class EmbeddingRequest(BaseModel):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    extra: EmbeddingExtra = Field(default_factory=EmbeddingExtra)
+
+
+class SearchRequest(BaseModel):
+    query: str
+    k: int = 10
+    reasoning: bool = False
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+# ---------------------------------------------------------------------------------------- the app
+def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig | None = None) -> FastAPI:
+    """A FastAPI app over ``model`` (a SearchR3) or ``searcher`` (a :class:`~searchr3.search.Searcher`, enables ``/search``)."""
+    cfg = config or ServiceConfig()
+    if searcher is not None:
+        model = searcher.model
+    if model is None:
+        raise ValueError("create_app needs a model or a searcher")
+    state: dict[str, MicroBatcher] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state["batcher"] = MicroBatcher(model, cfg.max_batch, cfg.max_wait_ms)
+        app.state.batcher = state["batcher"]
+        yield
+        state.pop("batcher").close()
+
+    app = FastAPI(title="searchr3", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return _error(411, "a Content-Length header is required")
+            if not length.isdigit() or int(length) > cfg.max_body_bytes:
+                return _error(413, f"request body over the limit of {cfg.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "the request body is not valid JSON")
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in errors[:5]]
+        return _error(422, "invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError):
+        return _error(exc.status, exc.message)
+
+    def check_texts(texts: list[str]) -> None:
+        if not texts:
+            raise ClientError(400, "input must not be empty")
+        if len(texts) > cfg.max_texts:
+            raise ClientError(413, f"too many inputs: {len(texts)} > {cfg.max_texts} per request")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise ClientError(400, f"input[{i}] is empty")
+            if len(t) > cfg.max_text_chars:
+                raise ClientError(413, f"input[{i}] has {len(t)} characters, over the limit of {cfg.max_text_chars}")
+
+    async def encode(texts: list[str], kind: str, reasoning: bool):
+        return await asyncio.wrap_future(state["batcher"].submit(texts, kind, reasoning))
+
+    @app.get("/health")
+    async def health():
+        b = state["batcher"]
+        return {"status": "ok", "model": cfg.model_name, "dim": model.hidden_size, "documents": len(searcher.index) if searcher else 0,
+                "batches": b.batches, "texts": b.texts}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest):
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        check_texts(texts)
+        if req.dimensions is not None and req.dimensions != model.hidden_size:
+            raise ClientError(400, f"dimensions must be {model.hidden_size} (this model cannot shorten embeddings)")
+        kind = req.extra.input_type or ("query" if req.extra.reasoning else "document")
+        if req.extra.reasoning and kind != "query":
+            raise ClientError(400, "reasoning applies to queries only (input_type 'query')")
+        emb, thoughts = await encode(texts, kind, req.extra.reasoning)
+        tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        data = []
+        for i, row in enumerate(emb):
+            vec = base64.b64encode(row.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else row.tolist()
+            item = {"object": "embedding", "index": i, "embedding": vec}
+            if thoughts is not None:
+                item["reasoning"] = thoughts[i]
+            data.append(item)
+        return {"object": "list", "data": data, "model": req.model or cfg.model_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @app.post("/search")
+    async def search(req: SearchRequest):
+        if searcher is None:
+            raise ClientError(404, "this server has no index (start it with `searchr3 serve IDX`)")
+        check_texts([req.query])
+        if not 1 <= req.k <= cfg.max_k:
+            raise ClientError(400, f"k must be between 1 and {cfg.max_k}")
+        emb, thoughts = await encode([req.query], "query", req.reasoning)
+        hits = searcher.index.search(np.asarray(emb), req.k)[0]
+        return {
+            "query": req.query,
+            "reasoning": thoughts[0] if thoughts else None,
+            "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "text": h.text} for h in hits],
+        }
+
+    return app
