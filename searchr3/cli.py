@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from searchr3.commands import index as index_cmd
+from searchr3.commands import rl as rl_cmd
 from searchr3.commands import search as search_cmd
 from searchr3.commands import serve as serve_cmd
 from searchr3.commands import sft as sft_cmd
@@ -25,6 +26,7 @@ app.add_typer(index_cmd.app, name="index")
 app.command("search")(search_cmd.search)
 app.command("serve")(serve_cmd.serve)
 train_app.command("sft")(sft_cmd.sft)
+train_app.command("rl")(rl_cmd.rl)
 
 
 class Reasoning(str, Enum):
@@ -98,6 +100,35 @@ def quickstart(
     """The main job: the built-in model, zero-shot, reasoning off and on, next to BM25 and MiniLM on msmarco-mini."""
     folder = data / "msmarco-mini" if (data / "msmarco-mini").is_dir() else data
     evaluate(folder, "test", None, Reasoning.both, True, out / "zero_shot.json", 16, max_length, title="Zero-shot on msmarco-mini")
+
+
+class Preset(str, Enum):
+    quick = "quick"
+    full = "full"
+
+
+@app.command()
+def pipeline(
+    preset: Annotated[Preset, typer.Option(help="quick: ~15 min on 2 cores; full: the longer run (an hour or two).")] = Preset.quick,
+    out: Annotated[Path, typer.Option(help="Run folder; an interrupted pipeline resumes from it.")] = Path("runs/pipeline"),
+    data: Annotated[Path, typer.Option(help="Folder holding msmarco-mini (evaluation) and scifact-2k (training).")] = DEFAULT_DATA,
+    eval_data: Annotated[Optional[Path], typer.Option(help="BEIR folder to evaluate on (split test); default DATA/msmarco-mini.")] = None,
+    train_data: Annotated[Optional[Path], typer.Option(help="BEIR folder to train on (split train); default DATA/scifact-2k.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Base model folder (default: built-in SmolLM2).")] = None,
+) -> None:
+    """The full pipeline: zero-shot evaluation, stage 1 (SFT), stage 2 (RL), final evaluation, report and plots."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from searchr3.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(
+        out=str(out), preset=preset.value, data=str(data), model=model,
+        eval_data=str(eval_data) if eval_data else None, train_data=str(train_data) if train_data else None,
+    )
+    run_pipeline(cfg)
+    Console().print(Markdown((out / "results.md").read_text()))
+    typer.echo(f"report: {out / 'results.md'}, plots: {out / 'ndcg.png'}, examples: {out / 'examples.md'}")
 
 
 def main() -> None:

@@ -187,10 +187,12 @@ class SearchR3:
         last = torch.full((len(ids),), width - 1) if left else mask.sum(1) - 1
         return {"input_ids": input_ids, "attention_mask": mask, "embed_index": last}
 
-    def _autocast(self):
+    def autocast(self):
+        """bf16 autocast on the model's device when ``self.bf16`` (a no-op context otherwise)."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _decoder(self):
+    def decoder_and_head(self):
+        """``(decoder body, output layer)`` of the (possibly LoRA-wrapped) causal LM."""
         # The causal LM's body (LlamaModel, Qwen2Model, ...): its last_hidden_state is after the final norm.
         # For a peft model, get_base_model() is the wrapped causal LM, whose layers carry the LoRA weights.
         lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -198,7 +200,7 @@ class SearchR3:
 
     def hidden_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Final-layer hidden state at ``index`` of each row (differentiable; used by the trainers)."""
-        decoder, _ = self._decoder()
+        decoder, _ = self.decoder_and_head()
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
 
@@ -213,7 +215,7 @@ class SearchR3:
         for s in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
             rows = order[s : s + batch_size]
             batch = self.collate([ids[i] for i in rows])
-            with self._autocast():
+            with self.autocast():
                 h = self.hidden_at(
                     batch["input_ids"].to(self.device),
                     batch["attention_mask"].to(self.device),
@@ -340,7 +342,7 @@ class SearchR3:
         state *of* the final token, which ``generate`` never computes (it stops after sampling it),
         and because a stop token must be replaced by the embedding token and fed through the cache.
         """
-        decoder, lm_head = self._decoder()
+        decoder, lm_head = self.decoder_and_head()
         dev = self.device
         batch = self.collate(prompts, left=True)
         ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
@@ -354,7 +356,7 @@ class SearchR3:
         out_emb = torch.zeros((n, self.hidden_size), dtype=torch.float32)
         completions: list[list[int]] = [[] for _ in range(n)]
         next_pos = positions[:, -1]
-        with self._autocast():
+        with self.autocast():
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
             for step in range(max_new_tokens + 1):
                 if step == max_new_tokens:

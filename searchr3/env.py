@@ -1,0 +1,306 @@
+"""The RL environment: a corpus in an HNSW graph index that scores query embeddings by retrieval.
+
+* Every document's embedding lives in an ``hnswlib`` graph (inner product on L2-normalised rows =
+  cosine) together with the *version* of the policy that encoded it. A mirror matrix of the same
+  vectors is kept for exact ranks and drift metrics (:meth:`RetrievalEnv.check_consistency`).
+* :meth:`RetrievalEnv.step` retrieves the top ``candidates`` documents of each query embedding and
+  returns an nDCG-style reward: ``sum(grade / log2(1 + rank))`` over the relevant documents ranked
+  within the cut-off ``k``, divided by the ideal DCG (so a single grade-1 positive at rank ``r``
+  scores ``1 / log2(1 + r)``, and 0 past ``k``), minus ``format_penalty`` for a rollout that never
+  emitted the embedding token itself.
+* After each policy update, :meth:`RetrievalEnv.refresh` re-encodes with the current weights:
+  ``none`` nothing; ``full`` the whole corpus; ``local`` the documents the steps since the last
+  refresh touched (retrieved candidates and positives) plus ``neighbours`` graph neighbours of each
+  (found with ``knn_query`` of the document's own stored vector), plus the staleness budget: every
+  document older than ``max_age`` versions, and the oldest ``sweep_share`` of the corpus.
+  Vectors are written back in place (``add_items`` with an existing label replaces it).
+* :meth:`RetrievalEnv.drift` compares the stale index with a fully re-encoded corpus: reward error,
+  rank error of the best relevant document, and recall@k of the stale top-k against the true top-k.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from .io import atomic_write_bytes
+
+Encode = Callable[[list[int]], np.ndarray]  # corpus positions -> L2-normalised float32 rows
+POLICIES = ("none", "local", "full")
+
+
+@dataclass
+class EnvConfig:
+    """Reward, retrieval and refresh settings of the environment."""
+
+    k: int = 10  # reward cut-off: relevant documents ranked past k earn nothing
+    candidates: int = 10  # documents retrieved per query (>= k): touched, and the contrastive negatives
+    format_penalty: float = 0.1  # subtracted when the model did not emit the embedding token itself
+    refresh: str = "local"  # none | local | full
+    neighbours: int = 2  # graph neighbours of each touched document also refreshed (local)
+    max_age: int = 0  # staleness budget: re-encode documents older than this many versions (0 = off)
+    sweep_share: float = 0.0  # staleness budget: also re-encode the oldest share of the corpus per refresh
+    ef: int = 128  # hnswlib search breadth (ef >= candidates)
+    M: int = 16  # hnswlib graph degree
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.refresh not in POLICIES:
+            raise ValueError(f"refresh must be one of {POLICIES}, got {self.refresh!r}")
+        if self.k < 1 or self.candidates < self.k:
+            raise ValueError(f"need 1 <= k <= candidates, got k={self.k}, candidates={self.candidates}")
+        if self.neighbours < 0 or self.max_age < 0 or not 0.0 <= self.sweep_share <= 1.0:
+            raise ValueError("neighbours and max_age must be >= 0 and sweep_share in [0, 1]")
+        if self.format_penalty < 0:
+            raise ValueError("format_penalty must be >= 0")
+
+
+@dataclass
+class StepResult:
+    """Rewards of one batch of query embeddings, and what was retrieved to compute them."""
+
+    rewards: np.ndarray  # [n] float32, format penalty included
+    ranks: np.ndarray  # [n] 1-based rank of the best relevant document among the candidates, 0 = not retrieved
+    candidates: list[list[int]]  # retrieved corpus positions per query, best first
+    positives: list[dict[int, int]]  # corpus position -> grade, per query
+    emitted: np.ndarray  # [n] bool
+
+
+@dataclass
+class RefreshStats:
+    """What one refresh did."""
+
+    version: int
+    encoded: int  # documents re-encoded
+    share: float  # encoded / corpus size
+    touched: int  # documents the steps touched (before neighbours and budget)
+    mean_age: float  # mean version age of the index after the refresh
+    max_age: int
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def dcg_reward(ranked: Sequence[int], positives: Mapping[int, int], k: int) -> tuple[float, int]:
+    """(nDCG@k with linear gains, 1-based rank of the best relevant document or 0) for one ranking."""
+    gains = sorted((g for g in positives.values() if g > 0), reverse=True)
+    if not gains:
+        raise ValueError("a query needs at least one positive with grade > 0")
+    dcg, first = 0.0, 0
+    for r, doc in enumerate(ranked[:k], start=1):
+        g = positives.get(doc, 0)
+        if g > 0:
+            dcg += g / math.log2(1 + r)
+    for r, doc in enumerate(ranked, start=1):
+        if positives.get(doc, 0) > 0:
+            first = r
+            break
+    ideal = sum(g / math.log2(1 + r) for r, g in enumerate(gains[:k], start=1))
+    return dcg / ideal, first
+
+
+class RetrievalEnv:
+    """A corpus of ``size`` documents (positions ``0..size-1``) embedded by ``encode`` into an HNSW graph."""
+
+    def __init__(self, doc_ids: Sequence[str], encode: Encode, config: EnvConfig | None = None,
+                 embeddings: np.ndarray | None = None, versions: np.ndarray | None = None, version: int = 0) -> None:
+        self.config = config or EnvConfig()
+        self.doc_ids = list(doc_ids)
+        if len(set(self.doc_ids)) != len(self.doc_ids):
+            raise ValueError("doc_ids must be unique")
+        if len(self.doc_ids) <= self.config.candidates:
+            raise ValueError(f"corpus of {len(self.doc_ids)} documents is too small for {self.config.candidates} candidates")
+        self.position = {d: i for i, d in enumerate(self.doc_ids)}
+        self.encode = encode
+        self.version = version
+        if embeddings is None:
+            embeddings = self._encode(list(range(self.size)))
+            versions = np.full(self.size, version, dtype=np.int64)
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.shape[0] != self.size or embeddings.ndim != 2:
+            raise ValueError(f"expected {self.size} embeddings, got shape {embeddings.shape}")
+        self.emb = embeddings
+        self.versions = np.zeros(self.size, np.int64) if versions is None else np.asarray(versions, np.int64).copy()
+        self.index = hnswlib.Index(space="ip", dim=self.emb.shape[1])
+        self.index.init_index(max_elements=self.size, ef_construction=max(200, self.config.ef), M=self.config.M,
+                              random_seed=self.config.seed)
+        self.index.add_items(self.emb, np.arange(self.size), num_threads=1)
+        self.index.set_ef(max(self.config.ef, self.config.candidates + self.config.neighbours + 1))
+        self._touched: set[int] = set()
+        self.total_encoded = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.doc_ids)
+
+    def _encode(self, positions: list[int]) -> np.ndarray:
+        out = np.asarray(self.encode(positions), dtype=np.float32)
+        if out.shape[0] != len(positions):
+            raise ValueError(f"encode returned {out.shape[0]} rows for {len(positions)} documents")
+        return out
+
+    # ------------------------------------------------------------------ reward
+    def positions_of(self, qrels: Mapping[str, int]) -> dict[int, int]:
+        """Map a query's judgments {doc id: grade} to {corpus position: grade}, keeping grades > 0."""
+        out = {self.position[d]: int(g) for d, g in qrels.items() if d in self.position and g > 0}
+        if not out:
+            raise ValueError(f"none of the judged documents {sorted(qrels)[:3]} is in the corpus with grade > 0")
+        return out
+
+    def search(self, query_embeddings: np.ndarray, n: int) -> np.ndarray:
+        """Corpus positions of the ``n`` nearest documents per query in the graph, best first."""
+        q = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.emb.shape[1]:
+            raise ValueError(f"query embeddings must be [n, {self.emb.shape[1]}], got {q.shape}")
+        labels, _ = self.index.knn_query(q, k=n, num_threads=1)
+        return labels.astype(np.int64)
+
+    def step(self, queries: Sequence[str], query_embeddings: np.ndarray, positives: Sequence[Mapping[str, int]],
+             emitted: Sequence[bool] | None = None) -> StepResult:
+        """Score each query embedding by the rank of its relevant documents; remember what was touched.
+
+        ``queries`` are ids (for error messages), ``positives`` each query's {doc id: grade}.
+        """
+        n = len(queries)
+        if not (len(query_embeddings) == len(positives) == n):
+            raise ValueError(f"{n} queries, {len(query_embeddings)} embeddings and {len(positives)} positive sets")
+        emitted = np.ones(n, bool) if emitted is None else np.asarray(emitted, bool)
+        if emitted.shape != (n,):
+            raise ValueError(f"emitted must have {n} entries")
+        cfg = self.config
+        ranked = self.search(query_embeddings, cfg.candidates) if n else np.zeros((0, cfg.candidates), np.int64)
+        rewards, ranks, pos_maps = np.zeros(n, np.float32), np.zeros(n, np.int64), []
+        for i in range(n):
+            try:
+                pos = self.positions_of(positives[i])
+            except ValueError as e:
+                raise ValueError(f"query {queries[i]!r}: {e}") from None
+            rewards[i], ranks[i] = dcg_reward(ranked[i].tolist(), pos, cfg.k)
+            pos_maps.append(pos)
+            self._touched.update(ranked[i].tolist())
+            self._touched.update(pos)
+        rewards -= cfg.format_penalty * (~emitted)
+        return StepResult(rewards, ranks, [r.tolist() for r in ranked], pos_maps, emitted)
+
+    # ------------------------------------------------------------------ refresh
+    def refresh_set(self) -> tuple[list[int], int]:
+        """(sorted positions the policy would re-encode now, number touched by steps) — see module doc."""
+        cfg = self.config
+        touched = sorted(self._touched)
+        if cfg.refresh == "none":
+            return [], len(touched)
+        if cfg.refresh == "full":
+            return list(range(self.size)), len(touched)
+        chosen = set(touched)
+        if cfg.neighbours and touched:
+            # Graph neighbours: the nearest documents to each touched document's own stored vector.
+            near = self.search(self.emb[touched], cfg.neighbours + 1)
+            chosen.update(near.ravel().tolist())
+        age = self.version - self.versions
+        if cfg.max_age:
+            chosen.update(np.flatnonzero(age > cfg.max_age).tolist())
+        if cfg.sweep_share:
+            n_sweep = int(math.ceil(cfg.sweep_share * self.size))
+            rest = np.array(sorted(set(range(self.size)) - chosen), dtype=np.int64)
+            oldest = rest[np.argsort(-age[rest], kind="stable")[:n_sweep]]
+            chosen.update(oldest.tolist())
+        return sorted(chosen), len(touched)
+
+    def refresh(self) -> RefreshStats:
+        """Advance to the next policy version and re-encode what the policy asks for, in place."""
+        import time
+
+        start = time.perf_counter()
+        self.version += 1
+        chosen, touched = self.refresh_set()
+        self.update(chosen)
+        self._touched.clear()
+        age = self.version - self.versions
+        return RefreshStats(self.version, len(chosen), len(chosen) / self.size, touched, float(age.mean()),
+                            int(age.max()), time.perf_counter() - start)
+
+    def update(self, positions: Sequence[int], embeddings: np.ndarray | None = None) -> None:
+        """Write new vectors (encoded now unless given) for ``positions`` into the graph and the mirror."""
+        positions = list(positions)
+        if not positions:
+            return
+        if min(positions) < 0 or max(positions) >= self.size:
+            raise ValueError(f"positions must be in [0, {self.size})")
+        vecs = self._encode(positions) if embeddings is None else np.asarray(embeddings, np.float32)
+        self.index.add_items(vecs, np.asarray(positions, dtype=np.int64), replace_deleted=False, num_threads=1)
+        self.emb[positions] = vecs
+        self.versions[positions] = self.version
+        self.total_encoded += len(positions) if embeddings is None else 0
+
+    def check_consistency(self, atol: float = 1e-6) -> None:
+        """Raise if the graph's labels or vectors differ from the mirror (every position, exactly once)."""
+        labels = sorted(self.index.get_ids_list())
+        if labels != list(range(self.size)) or self.index.get_current_count() != self.size:
+            raise AssertionError(f"index holds {len(labels)} labels, expected positions 0..{self.size - 1}")
+        stored = np.asarray(self.index.get_items(list(range(self.size))), dtype=np.float32)
+        if not np.allclose(stored, self.emb, atol=atol):
+            raise AssertionError("index vectors differ from the mirror")
+
+    # ------------------------------------------------------------------ drift against the truth
+    def drift(self, query_embeddings: np.ndarray, result: StepResult, true_embeddings: np.ndarray) -> dict[str, float]:
+        """Compare ``result`` (this index's step) with exact retrieval over a fully re-encoded corpus."""
+        cfg = self.config
+        q = np.asarray(query_embeddings, np.float32)
+        true_scores, stale_scores = q @ true_embeddings.T, q @ self.emb.T
+        rew_err, rank_err, recall = [], [], []
+        for i, pos in enumerate(result.positives):
+            order = np.argsort(-true_scores[i], kind="stable")
+            true_reward, _ = dcg_reward(order[: cfg.candidates].tolist(), pos, cfg.k)
+            stale_reward = result.rewards[i] + cfg.format_penalty * (not result.emitted[i])
+            rew_err.append(abs(float(stale_reward) - true_reward))
+            best = max(pos, key=lambda d: (pos[d], -d))
+            rank_true = 1 + int((true_scores[i] > true_scores[i, best]).sum())
+            rank_stale = 1 + int((stale_scores[i] > stale_scores[i, best]).sum())
+            rank_err.append(abs(rank_true - rank_stale))
+            recall.append(len(set(order[: cfg.k].tolist()) & set(result.candidates[i][: cfg.k])) / cfg.k)
+        return {"reward_error": float(np.mean(rew_err)), "rank_error": float(np.mean(rank_err)),
+                f"recall@{cfg.k}": float(np.mean(recall))}
+
+    # ------------------------------------------------------------------ persistence
+    def state_bytes(self) -> bytes:
+        """The index state (vectors, versions, ids, config) as ``.npz`` bytes; the graph is rebuilt on load."""
+        buf = io.BytesIO()
+        np.savez(buf, emb=self.emb, versions=self.versions, version=np.int64(self.version),
+                 doc_ids=np.array(self.doc_ids), total_encoded=np.int64(self.total_encoded),
+                 config=np.array(repr(asdict(self.config))))
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_bytes(path, self.state_bytes())
+
+    @classmethod
+    def load(cls, path: str | Path, encode: Encode, config: EnvConfig | None = None) -> "RetrievalEnv":
+        """Restore a saved state (``config`` overrides the saved settings, e.g. another refresh policy)."""
+        with np.load(path) as z:
+            env = cls([str(d) for d in z["doc_ids"]], encode, config, embeddings=z["emb"], versions=z["versions"],
+                      version=int(z["version"]))
+            env.total_encoded = int(z["total_encoded"])
+        return env
+
+
+def model_encoder(model, texts: Sequence[str], batch_size: int = 16, show_progress_bar: bool = False,
+                  max_length: int | None = None) -> Encode:
+    """An :data:`Encode` over ``texts`` with a :class:`~searchr3.SearchR3` (documents, direct, normalised),
+    in eval mode and at ``max_length`` tokens (default: the model's)."""
+
+    def encode(positions: list[int]) -> np.ndarray:
+        was_training, saved_length = model.model.training, model.max_length
+        model.model.eval()
+        model.max_length = max_length or saved_length
+        try:
+            return model.encode_document([texts[i] for i in positions], batch_size=batch_size,
+                                         show_progress_bar=show_progress_bar and len(positions) > 4 * batch_size)
+        finally:
+            model.model.train(was_training)
+            model.max_length = saved_length
+
+    return encode

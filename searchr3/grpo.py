@@ -1,0 +1,342 @@
+"""Stage 2: GRPO on retrieval rewards from :class:`~searchr3.env.RetrievalEnv`, read top to bottom.
+
+One step: sample ``queries_per_step`` training queries; the policy samples ``group`` reasoning
+rollouts for each (each ending in ``<|embed_token|>``); the environment scores every rollout's
+embedding by the rank of the query's relevant documents; advantages are group-relative
+``(r - mean) / (std + eps)``. One teacher-forced forward over prompt + completion gives the
+generated tokens' log-probs (clipped policy-gradient loss, μ = 1 so the ratio starts at 1) and the
+hidden state at the final embedding token (the rollout's embedding, with grad) for an InfoNCE term
+against the environment's candidates (positive = the best-graded relevant document). KL to the
+reference is the k3 estimator against the same model with the LoRA adapter disabled. After the
+optimizer step the environment refreshes its index with the current weights.
+
+A compact loop rather than TRL's ``GRPOTrainer`` because the reward needs the hidden state *of*
+the final embedding token, which ``generate`` never computes (the model core's own KV-cache loop
+does), the environment must be refreshed with the updated weights after every optimizer step,
+and the contrastive term needs that hidden state with grad inside the same loss; TRL's reward
+functions only see decoded text and its loss has no hook for a second term.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .env import EnvConfig, RetrievalEnv, model_encoder
+from .io import atomic_directory, atomic_write_json, atomic_write_text
+from .losses import info_nce
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class GRPOConfig:
+    """Settings of one RL run. The defaults finish in about 20 minutes on 2 CPU cores."""
+
+    out: str = "runs/rl-default"
+    init: str | None = None  # SFT checkpoint (None = the built-in base model)
+    data: str = "../shared/data/scifact-2k"  # BEIR folder: training queries + qrels + corpus
+    split: str = "train"
+    steps: int = 10
+    queries_per_step: int = 4
+    group: int = 4  # G rollouts per query
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lr: float = 5e-5
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    clip_eps: float = 0.2
+    kl_coef: float = 0.04
+    nce_coef: float = 0.5
+    nce_temperature: float = 0.05
+    max_grad_norm: float = 1.0
+    doc_max_length: int = 256  # documents are encoded at this length in the environment
+    corpus_limit: int = 0  # keep only the first N documents plus every judged one (0 = all)
+    encode_batch_size: int = 16
+    save_every: int = 5
+    seed: int = 0
+    bf16: bool = True
+    show_progress_bar: bool = True
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.env, dict):
+            self.env = EnvConfig(**self.env)
+        for name in ("steps", "queries_per_step", "group", "save_every", "encode_batch_size", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.group < 2:
+            raise ValueError("group must be >= 2: advantages are relative to the group")
+        if self.max_new_tokens < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("need max_new_tokens >= 1, temperature > 0 and 0 < top_p <= 1")
+        if self.lr <= 0 or self.clip_eps <= 0 or self.kl_coef < 0 or self.nce_coef < 0:
+            raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0")
+
+
+# ---------------------------------------------------------------------- data
+def load_training_data(cfg: GRPOConfig):
+    """(queries {id: text} with judgments in the corpus, qrels, doc ids, doc texts) from a BEIR folder."""
+    from .data.beir import doc_text, load_beir
+
+    ds = load_beir(cfg.data, cfg.split)
+    judged = {d for q in ds.qrels.values() for d, g in q.items() if g > 0}
+    doc_ids = [d for d in ds.corpus]
+    if cfg.corpus_limit:
+        keep = set(doc_ids[: cfg.corpus_limit]) | judged
+        doc_ids = [d for d in doc_ids if d in keep]
+    corpus = set(doc_ids)
+    queries = {q: ds.queries[q] for q in ds.judged_query_ids() if any(d in corpus and g > 0 for d, g in ds.qrels[q].items())}
+    if not queries:
+        raise ValueError(f"{cfg.data}/{cfg.split}: no judged query has a relevant document in the corpus")
+    return queries, ds.qrels, doc_ids, [doc_text(ds.corpus[d]) for d in doc_ids]
+
+
+def batch_queries(query_ids: list[str], step: int, per_step: int, seed: int) -> list[str]:
+    """The queries of ``step``: consecutive slices of a fresh seeded permutation per epoch (resumable)."""
+    out = []
+    for flat in range(step * per_step, (step + 1) * per_step):
+        epoch, i = divmod(flat, len(query_ids))
+        order = np.random.default_rng([seed, epoch]).permutation(len(query_ids))
+        out.append(query_ids[order[i]])
+    return out
+
+
+# ---------------------------------------------------------------------- losses
+def group_advantages(rewards: torch.Tensor, group: int, eps: float = 1e-4) -> torch.Tensor:
+    """``(r - group mean) / (group std + eps)`` for rewards laid out as consecutive groups."""
+    if rewards.numel() % group:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group}")
+    r = rewards.view(-1, group)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
+
+
+def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]]):
+    """Log-probs of each completion token given what precedes it ``[B, T]``, the hidden state at the
+    last completion token ``[B, H]`` (the embedding, un-normalised), and a ``[B, T]`` validity mask."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    batch = model.collate(seqs)
+    decoder, lm_head = model.decoder_and_head()
+    dev = model.device
+    with model.autocast():
+        hidden = decoder(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).last_hidden_state
+    width = max(len(c) for c in completions)
+    starts = torch.tensor([len(p) - 1 for p in prompts], device=dev)
+    lengths = torch.tensor([len(c) for c in completions], device=dev)
+    offs = torch.arange(width, device=dev)
+    mask = offs[None] < lengths[:, None]
+    pos = (starts[:, None] + offs[None]).clamp(max=hidden.shape[1] - 1)
+    h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
+    with model.autocast():
+        logits = lm_head(h)
+    targets = batch["input_ids"].to(dev).gather(1, (pos + 1).clamp(max=hidden.shape[1] - 1))
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+    emb = hidden[torch.arange(len(seqs), device=dev), starts + lengths].float()
+    return logp, emb, mask
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps: float, kl_coef: float):
+    """Clipped surrogate + k3 KL, averaged per sequence then over sequences; returns (loss, pg, kl)."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    pg = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    d = ref_logp - logp
+    kl = torch.exp(d) - d - 1
+    m = mask.float()
+    denom = m.sum(1).clamp(min=1)
+    pg_seq, kl_seq = (pg * m).sum(1) / denom, (kl * m).sum(1) / denom
+    return (pg_seq + kl_coef * kl_seq).mean(), pg_seq.mean(), kl_seq.mean()
+
+
+# ---------------------------------------------------------------------- trainer
+class GRPOTrainer:
+    """Holds the model (LoRA-wrapped), optimizer and environment of one run; :meth:`train` runs it."""
+
+    def __init__(self, cfg: GRPOConfig, model=None) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        from . import SearchR3
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.queries, self.qrels, self.doc_ids, self.doc_texts = load_training_data(cfg)
+        m = model if model is not None else SearchR3.from_pretrained(cfg.init, bf16=cfg.bf16)
+        self.merged_init = hasattr(m.model, "peft_config")
+        if self.merged_init:  # an SFT adapter: it becomes the reference, the RL adapter goes on top
+            m.model = m.model.merge_and_unload()
+        m.prompts = replace(m.prompts, max_reasoning_tokens=cfg.max_new_tokens)
+        m._templates.clear()
+        self.model = m
+        encode = model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length)
+        self.env = self._initial_env(encode)
+        m.model = get_peft_model(m.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                     target_modules=cfg.lora_targets, task_type="CAUSAL_LM"))
+        self.params = [p for p in m.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.step = 0
+        self.log_path = self.out / "log.jsonl"
+
+    def _initial_env(self, encode) -> RetrievalEnv:
+        """The corpus index of the initial model, cached in the run folder by model fingerprint."""
+        cache = self.out / f"corpus-{self._corpus_key()}.npz"
+        if cache.exists():
+            env = RetrievalEnv.load(cache, encode, self.cfg.env)
+            if env.doc_ids == self.doc_ids:
+                return env
+        env = RetrievalEnv(self.doc_ids, encode, self.cfg.env)
+        env.save(cache)
+        return env
+
+    def _corpus_key(self) -> str:
+        """Identify (model weights and prompts, document length, corpus) for the initial-encode cache."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps([self.doc_ids, self.cfg.doc_max_length, self.model.fingerprint()]).encode())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Atomically write adapter, optimizer, RNG states, step and environment to ``out/checkpoint``."""
+        from peft import get_peft_model_state_dict
+
+        state = {
+            "step": self.step,
+            "adapter": get_peft_model_state_dict(self.model.model, save_embedding_layers=False),
+            "optimizer": self.opt.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "config": asdict(self.cfg),
+        }
+        path = self.out / "checkpoint"
+        with atomic_directory(path) as tmp:
+            torch.save(state, tmp / "trainer.pt")
+            self.env.save(tmp / "env.npz")
+        return path
+
+    def load_checkpoint(self) -> None:
+        """Resume from ``out/checkpoint``; log rows past its step are dropped."""
+        from peft import set_peft_model_state_dict
+
+        path = self.out / "checkpoint"
+        if not (path / "trainer.pt").exists():
+            raise FileNotFoundError(f"no checkpoint to resume in {path}")
+        state = torch.load(path / "trainer.pt", weights_only=False)
+        set_peft_model_state_dict(self.model.model, state["adapter"])
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.env = RetrievalEnv.load(path / "env.npz", self.env.encode, self.cfg.env)
+        self.step = state["step"]
+        if self.log_path.exists():
+            rows = [r for r in self.log_path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
+            atomic_write_text(self.log_path, "".join(r + "\n" for r in rows))
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, Any]:
+        cfg, m, env = self.cfg, self.model, self.env
+        t0 = time.perf_counter()
+        qids = batch_queries(list(self.queries), self.step, cfg.queries_per_step, cfg.seed)
+        rep = [q for q in qids for _ in range(cfg.group)]
+        m.model.eval()
+        ro = m.reason([self.queries[q] for q in rep], batch_size=len(rep), do_sample=True, temperature=cfg.temperature,
+                      top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 100003 + self.step)
+        t_gen = time.perf_counter() - t0
+        res = env.step(rep, ro.embeddings.numpy(), [self.qrels[q] for q in rep], ro.emitted)
+        rewards = torch.from_numpy(res.rewards)
+        adv = group_advantages(rewards, cfg.group)
+        # The token that ends a rollout is an action only where the model emitted it itself.
+        comp = ro.completion_ids
+        m.model.train()
+        logp, emb, mask = sequence_logprobs(m, ro.prompt_ids, comp)
+        for i, e in enumerate(ro.emitted):
+            if not e:
+                mask[i, len(comp[i]) - 1] = False
+        with torch.no_grad(), m.model.disable_adapter():
+            ref_logp, _, _ = sequence_logprobs(m, ro.prompt_ids, comp)
+        loss, pg, kl = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, cfg.clip_eps, cfg.kl_coef)
+        docs = sorted({d for c in res.candidates for d in c} | {d for p in res.positives for d in p})
+        col = {d: j for j, d in enumerate(docs)}
+        best = torch.tensor([col[max(p, key=lambda d: (p[d], -d))] for p in res.positives])
+        nce = info_nce(emb, torch.from_numpy(env.emb[docs]), best, cfg.nce_temperature)
+        total = loss + cfg.nce_coef * nce
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.opt.step()
+        m.model.eval()
+        stats = env.refresh()
+        self.step += 1
+        return {
+            "step": self.step, "reward": float(res.rewards.mean()), "reward_std": float(res.rewards.std()),
+            "mean_rank": float(np.mean([r if r else cfg.env.candidates + 1 for r in res.ranks])),
+            "emitted": float(np.mean(ro.emitted)), "completion_tokens": float(np.mean([len(c) for c in comp])),
+            "loss": total.item(), "pg": pg.item(), "kl": kl.item(), "nce": nce.item(), "grad_norm": float(grad_norm),
+            "encoded": stats.encoded, "encoded_share": stats.share, "mean_age": stats.mean_age,
+            "gen_seconds": t_gen, "refresh_seconds": stats.seconds, "seconds": time.perf_counter() - t0,
+        }
+
+    def train(self) -> Path:
+        """Run the remaining steps (checkpoint every ``save_every``), save the model, plot the curves."""
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not cfg.show_progress_bar)
+        while self.step < cfg.steps:
+            row = self.train_step()
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.4f}", enc=row["encoded"])
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        final = self.model.save_pretrained(self.out / "model", merge=self.merged_init)
+        atomic_write_json(self.out / "config.json", asdict(cfg))
+        from .plots import plot_curves
+
+        plot_curves(self.log_path, self.out / "reward.png", ["reward", "mean_rank", "kl", "nce", "encoded"])
+        return final
+
+
+def train_rl(cfg: GRPOConfig, *, resume: bool = False, model=None) -> Path:
+    """Train (or resume) one RL run; returns the saved model folder ``out/model``."""
+    trainer = GRPOTrainer(cfg, model)
+    if resume:
+        trainer.load_checkpoint()
+    elif trainer.log_path.exists():
+        trainer.log_path.unlink()
+    return trainer.train()
+
+
+def evaluate_models(models: dict[str, Any], data: str, split: str = "test", out: Path | None = None,
+                    batch_size: int = 32, max_docs: int = 0, show_progress_bar: bool = True) -> list[dict[str, Any]]:
+    """nDCG@10 etc. of each named model with reasoning off and on (corpus encoded once per model).
+
+    ``max_docs`` keeps only the corpus's first documents (file order) for a cheaper, sub-corpus evaluation.
+    """
+    from .data.beir import load_beir
+    from .evaluation import encode_corpus, evaluate_encoder
+
+    ds = load_beir(data, split)
+    if max_docs:
+        ds.corpus = dict(list(ds.corpus.items())[:max_docs])
+    rows = []
+    for name, m in models.items():
+        ce = encode_corpus(m, ds.corpus, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        for reasoning in (False, True):
+            r = evaluate_encoder(m, ds, reasoning=reasoning, batch_size=batch_size, corpus_embeddings=ce)
+            r.pop("run")
+            rows.append({"system": name, "dataset": ds.name, "corpus_docs": len(ds.corpus), **r})
+            if out is not None:
+                atomic_write_json(out, rows)
+    return rows

@@ -1,0 +1,176 @@
+"""The RL environment: rewards, refresh policies, index consistency, drift, persistence."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from searchr3.env import EnvConfig, RetrievalEnv, dcg_reward, model_encoder
+
+TEXTS = [f"document number {i} about {w}" for i, w in enumerate(
+    "cats mats paris france proteins folding search engines hearts blood rain clouds vectors text meaning "
+    "rivers mountains music stars planets bread cheese trains boats".split())]
+
+
+def unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class Table:
+    """An encoder that reads rows of a matrix the test controls (and counts what it encoded)."""
+
+    def __init__(self, rows):
+        self.rows = unit(rows)
+        self.calls: list[list[int]] = []
+
+    def __call__(self, positions):
+        self.calls.append(list(positions))
+        return self.rows[positions]
+
+
+def line_env(n=12, **cfg):
+    """Documents on a circle arc: the query at angle 0 ranks them 0, 1, 2, ... exactly."""
+    angles = np.linspace(0, 1.2, n)
+    table = Table(np.stack([np.cos(angles), np.sin(angles), np.zeros(n)], 1))
+    env = RetrievalEnv([f"d{i}" for i in range(n)], table, EnvConfig(**{"k": 3, "candidates": 5, **cfg}))
+    return env, table
+
+
+def test_reward_matches_hand_computation():
+    env, _ = line_env()
+    q = unit([[1, 0, 0], [1, 0, 0]])
+    res = env.step(["q1", "q2"], q, [{"d1": 2, "d3": 1}, {"d7": 1}], emitted=[True, False])
+    ideal = 2 / math.log2(2) + 1 / math.log2(3)
+    assert res.rewards[0] == pytest.approx((2 / math.log2(3)) / ideal)  # d1 at rank 2, d3 at rank 4 > k
+    assert res.ranks.tolist() == [2, 0]  # d7 is not among the 5 candidates
+    assert res.rewards[1] == pytest.approx(-0.1)  # nothing in the top 3, token missing
+    assert res.candidates[0] == [0, 1, 2, 3, 4]
+    assert dcg_reward([5, 9, 2], {2: 1}, k=3) == (pytest.approx(1 / math.log2(4)), 3)
+
+
+def test_missing_token_is_penalised(tiny):
+    tiny.prompts.max_reasoning_tokens = 3
+    env = RetrievalEnv([f"d{i}" for i in range(len(TEXTS))], model_encoder(tiny, TEXTS),
+                       EnvConfig(k=5, candidates=8, format_penalty=0.25))
+    ro = tiny.reason(["cats on mats", "paris"], max_new_tokens=3)
+    assert ro.emitted == [False, False]  # a random model does not emit the token in 3 tokens
+    pos = [{"d0": 1}, {"d2": 1}]
+    clean = env.step(["a", "b"], ro.embeddings.numpy(), pos, emitted=[True, True]).rewards
+    penalised = env.step(["a", "b"], ro.embeddings.numpy(), pos, emitted=ro.emitted).rewards
+    np.testing.assert_allclose(penalised, clean - 0.25, atol=1e-6)
+
+
+def _perturb(tiny, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in tiny.model.model.layers[0].parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def test_local_refresh_updates_exactly_the_touched_ids_and_their_neighbours(tiny):
+    encode = model_encoder(tiny, TEXTS)
+    env = RetrievalEnv([f"d{i}" for i in range(len(TEXTS))], encode, EnvConfig(k=2, candidates=3, neighbours=1))
+    before = env.emb.copy()
+    q = tiny.encode_query(["proteins folding"])
+    res = env.step(["q"], q, [{"d20": 1}])
+    touched = set(res.candidates[0]) | {20}
+    expected = touched | set(env.search(env.emb[sorted(touched)], 2).ravel().tolist())
+    assert len(expected) < env.size
+    _perturb(tiny, 1)
+    stats = env.refresh()
+    changed = set(np.flatnonzero(env.versions == 1).tolist())
+    assert changed == expected and stats.encoded == len(expected) and stats.touched == len(touched)
+    fresh = encode(list(range(env.size)))
+    for i in range(env.size):
+        np.testing.assert_allclose(env.emb[i], fresh[i] if i in expected else before[i], atol=1e-5)
+    assert not np.allclose(fresh[sorted(expected)], before[sorted(expected)], atol=1e-3)
+    env.check_consistency()
+
+
+def test_policies_and_staleness_budget():
+    env, table = line_env(n=20, refresh="none")
+    env.step(["q"], unit([[1, 0, 0]]), [{"d0": 1}])
+    assert env.refresh().encoded == 0
+    env.config.refresh = "full"
+    assert env.refresh().encoded == 20 and (env.versions == 2).all()
+    env.config.refresh, env.config.neighbours, env.config.max_age = "local", 0, 2
+    env.refresh()  # version 3: nothing touched, nothing older than 2
+    assert env.refresh_set() == ([], 0)
+    env.step(["q"], unit([[1, 0, 0]]), [{"d0": 1}])  # touches d0..d4
+    env.refresh()  # version 4: d0..d4 re-encoded; the rest are 2 versions old, not > 2
+    env.refresh()  # version 5: the rest are 3 old -> forced by the budget
+    assert (env.versions[5:] == 5).all() and (env.versions[:5] == 4).all()
+    env.config.max_age, env.config.sweep_share = 0, 0.1
+    stats = env.refresh()  # version 6: the 2 oldest (d0, d1: stable order among equals)
+    assert stats.encoded == 2 and env.versions[:2].tolist() == [6, 6]
+    assert stats.mean_age == pytest.approx(np.mean(6 - env.versions))
+
+
+def test_index_stays_consistent_after_many_refreshes():
+    rng = np.random.default_rng(0)
+    n, dim = 60, 8
+    table = Table(rng.normal(size=(n, dim)))
+    env = RetrievalEnv([f"d{i}" for i in range(n)], table, EnvConfig(k=3, candidates=6, neighbours=2, sweep_share=0.05))
+    for round_ in range(25):
+        table.rows = unit(table.rows + 0.3 * rng.normal(size=(n, dim)))  # the "policy" changed
+        q = unit(rng.normal(size=(3, dim)))
+        env.step(["a", "b", "c"], q, [{f"d{rng.integers(n)}": 1} for _ in range(3)])
+        chosen, _ = env.refresh_set()
+        env.refresh()
+        np.testing.assert_allclose(env.emb[chosen], table.rows[chosen], atol=1e-6)
+        env.check_consistency()
+    # the graph answers like exact search over its own vectors
+    q = unit(rng.normal(size=(10, dim)))
+    exact = np.argsort(-(q @ env.emb.T), axis=1)[:, :6]
+    assert (env.search(q, 6) == exact).mean() > 0.95
+
+
+def test_drift_is_zero_after_full_refresh_and_positive_when_stale():
+    rng = np.random.default_rng(1)
+    n, dim = 40, 6
+    table = Table(rng.normal(size=(n, dim)))
+    env = RetrievalEnv([f"d{i}" for i in range(n)], table, EnvConfig(k=5, candidates=10, refresh="none"))
+    q = unit(table.rows[:8] + 0.1 * rng.normal(size=(8, dim)))
+    pos = [{f"d{i}": 1} for i in range(8)]
+    table.rows = unit(rng.normal(size=(n, dim)))  # every document moved
+    d_stale = env.drift(q, env.step(list("abcdefgh"), q, pos), table.rows)
+    env.config.refresh = "full"
+    env.refresh()
+    d_fresh = env.drift(q, env.step(list("abcdefgh"), q, pos), table.rows)
+    assert d_fresh == {"reward_error": pytest.approx(0, abs=1e-6), "rank_error": 0.0, "recall@5": 1.0}
+    assert d_stale["reward_error"] > 0.1 and d_stale["recall@5"] < 0.5
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    env, table = line_env()
+    env.step(["q"], unit([[1, 0, 0]]), [{"d1": 1}])
+    env.refresh()
+    env.save(tmp_path / "env.npz")
+    back = RetrievalEnv.load(tmp_path / "env.npz", table, EnvConfig(k=3, candidates=5))
+    assert back.version == 1 and back.doc_ids == env.doc_ids
+    np.testing.assert_array_equal(back.emb, env.emb)
+    np.testing.assert_array_equal(back.versions, env.versions)
+    back.check_consistency()
+
+
+def test_bad_input_raises_clear_errors():
+    with pytest.raises(ValueError, match="refresh must be one of"):
+        EnvConfig(refresh="sometimes")
+    with pytest.raises(ValueError, match="k <= candidates"):
+        EnvConfig(k=10, candidates=5)
+    with pytest.raises(ValueError, match="too small"):
+        RetrievalEnv(["a", "b"], Table(np.eye(2)), EnvConfig(k=1, candidates=5))
+    with pytest.raises(ValueError, match="unique"):
+        RetrievalEnv(["a"] * 8, Table(np.eye(8)), EnvConfig(k=1, candidates=2))
+    env, _ = line_env()
+    with pytest.raises(ValueError, match="2 queries, 1 embeddings"):
+        env.step(["a", "b"], unit([[1, 0, 0]]), [{"d1": 1}, {"d2": 1}])
+    with pytest.raises(ValueError, match=r"query 'a'.*none of the judged"):
+        env.step(["a"], unit([[1, 0, 0]]), [{"nope": 1}])
+    with pytest.raises(ValueError, match=r"must be \[n, 3\]"):
+        env.step(["a"], unit([[1, 0, 0, 0]]), [{"d1": 1}])
+    with pytest.raises(ValueError, match="positions must be in"):
+        env.update([99])
