@@ -1,0 +1,222 @@
+"""The main job: zero-shot evaluation -> stage 1 (SFT) -> stage 2 (RL) -> final evaluation -> report.
+
+Every stage writes into its own folder under ``out`` and leaves a ``done.json`` when it finished;
+a re-run skips finished stages, and the training stages resume from their last checkpoint, so an
+interrupted pipeline continues where it stopped. Corpus embeddings are cached per model
+fingerprint (see :func:`searchr3.evaluation.encode_corpus`), so no model encodes a corpus twice.
+
+Output::
+
+    zero_shot/results.json   base model (reasoning off/on), BM25, MiniLM
+    sft/                     stage 1 run folder (log.jsonl, curves.png, final/)
+    rl/                      stage 2 run folder (log.jsonl, reward.png, model/)
+    final/results.json       SFT and SFT+RL models, reasoning off/on
+    results.md, results.json the table of everything; ndcg.png (bars); examples.md (reasoning text)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Training settings of the two presets. ``quick`` is sized to finish in about 15 minutes on 2 idle
+# cores; ``full`` is the longer run (an hour or two).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "sft": {"max_steps": 12, "batch_size": 16, "eval_every": 0, "save_every": 4},
+        "rl": {"steps": 6, "queries_per_step": 4, "group": 4, "max_new_tokens": 32, "save_every": 2},
+    },
+    "full": {
+        "sft": {"max_steps": 120, "batch_size": 16, "cloze": 400, "wordnet": 400, "eval_every": 20, "save_every": 10},
+        "rl": {"steps": 40, "queries_per_step": 4, "group": 4, "max_new_tokens": 48, "save_every": 5},
+    },
+}
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/pipeline"
+    preset: str = "quick"
+    data: str = "../shared/data"  # holds msmarco-mini (evaluation) and scifact-2k (training)
+    eval_data: str | None = None  # default: <data>/msmarco-mini, split test
+    train_data: str | None = None  # default: <data>/scifact-2k, split train
+    model: str | None = None  # None = the built-in SmolLM2
+    batch_size: int = 16
+    examples: int = 3  # queries whose reasoning text goes into examples.md
+    sft: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's SFT settings
+    rl: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's RL settings
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        self.eval_data = self.eval_data or str(Path(self.data) / "msmarco-mini")
+        self.train_data = self.train_data or str(Path(self.data) / "scifact-2k")
+        for p in (self.eval_data, self.train_data):
+            if not Path(p).is_dir():
+                raise FileNotFoundError(f"data folder {p} does not exist")
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        from .backbone import cache_dir
+
+        self.emb_cache = cache_dir() / "corpus-embeddings"
+
+    # ------------------------------------------------------------------ stage bookkeeping
+    def _stage(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        folder = self.out / name
+        done = folder / "done.json"
+        if done.is_file():
+            log.info("stage %s already done: skipped", name)
+            return json.loads(done.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        result = fn(folder)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        atomic_write_json(done, result)
+        return result
+
+    def _evaluate(self, systems: list, folder: Path) -> list[dict[str, Any]]:
+        from .evaluation import run_evaluation, write_results
+
+        rows = run_evaluation(
+            self.cfg.eval_data, "test", systems, batch_size=self.cfg.batch_size, show_progress_bar=True, cache_dir=self.emb_cache
+        )
+        write_results(rows, folder / "results.json")
+        return rows
+
+    # ------------------------------------------------------------------ stages
+    def zero_shot(self, folder: Path) -> dict[str, Any]:
+        from . import SearchR3
+        from .baselines import MiniLMEncoder
+
+        base = SearchR3.from_pretrained(self.cfg.model)
+        rows = self._evaluate(
+            [("BM25", "bm25", False), ("all-MiniLM-L6-v2", MiniLMEncoder(), False), ("searchr3 zero-shot", base, False), ("searchr3 zero-shot", base, True)],
+            folder,
+        )
+        return {"rows": rows}
+
+    def sft(self, folder: Path) -> dict[str, Any]:
+        from .sft import SFTConfig, train_sft
+
+        settings = {**PRESETS[self.cfg.preset]["sft"], **self.cfg.sft}
+        cfg = SFTConfig(out=str(folder), model=self.cfg.model, data=[self.cfg.train_data], **settings)
+        final = train_sft(cfg, resume=(folder / "config.json").is_file())
+        return {"model": str(final)}
+
+    def rl(self, folder: Path, init: str) -> dict[str, Any]:
+        from .grpo import GRPOConfig, train_rl
+
+        settings = {**PRESETS[self.cfg.preset]["rl"], **self.cfg.rl}
+        cfg = GRPOConfig(out=str(folder), init=init, data=self.cfg.train_data, **settings)
+        final = train_rl(cfg, resume=(folder / "checkpoint").exists())
+        return {"model": str(final)}
+
+    def final(self, folder: Path, sft_model: str, rl_model: str) -> dict[str, Any]:
+        from . import SearchR3
+
+        sft, rl = SearchR3.from_pretrained(sft_model), SearchR3.from_pretrained(rl_model)
+        rows = self._evaluate([("searchr3 SFT", sft, False), ("searchr3 SFT", sft, True), ("searchr3 SFT+RL", rl, False), ("searchr3 SFT+RL", rl, True)], folder)
+        return {"rows": rows, "examples": self._examples({"zero-shot": None, "SFT+RL": rl})}
+
+    def _examples(self, models: dict[str, Any]) -> list[dict[str, Any]]:
+        from . import SearchR3
+        from .data.beir import load_beir
+
+        ds = load_beir(self.cfg.eval_data, "test")
+        queries = [ds.queries[q] for q in ds.judged_query_ids()[: self.cfg.examples]]
+        out = []
+        for name, m in models.items():
+            m = m or SearchR3.from_pretrained(self.cfg.model)
+            start = time.perf_counter()
+            r = m.reason(queries)
+            secs = (time.perf_counter() - start) / max(1, len(queries))
+            out += [{"model": name, "query": q, "reasoning": t, "emitted": e, "seconds_per_query": round(secs, 2)} for q, t, e in zip(queries, r.texts, r.emitted)]
+        return out
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> dict[str, Any]:
+        atomic_write_json(self.out / "pipeline.json", asdict(self.cfg))
+        zero = self._stage("zero_shot", self.zero_shot)
+        sft = self._stage("sft", self.sft)
+        rl = self._stage("rl", lambda f: self.rl(f, sft["model"]))
+        final = self._stage("final", lambda f: self.final(f, sft["model"], rl["model"]))
+        return self.report(zero, sft, rl, final)
+
+    def report(self, zero: dict, sft: dict, rl: dict, final: dict) -> dict[str, Any]:
+        rows = zero["rows"] + final["rows"]
+        summary = {
+            "preset": self.cfg.preset,
+            "rows": rows,
+            "stage_seconds": {k: v.get("seconds") for k, v in {"zero_shot": zero, "sft": sft, "rl": rl, "final": final}.items()},
+            "examples": final["examples"],
+        }
+        atomic_write_json(self.out / "results.json", summary)
+        atomic_write_text(self.out / "results.md", markdown_table(rows, summary["stage_seconds"]))
+        atomic_write_text(self.out / "examples.md", markdown_examples(final["examples"]))
+        plot_ndcg(rows, self.out / "ndcg.png")
+        return summary
+
+
+def markdown_table(rows: list[dict[str, Any]], stage_seconds: dict[str, Any] | None = None) -> str:
+    lines = [
+        "| system | reasoning | nDCG@10 | Recall@100 | MRR@10 | s/query |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {'on' if r['reasoning'] else 'off'} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} | {r['mrr@10']:.4f} | {r['seconds_per_query']:.3g} |"
+        )
+    if stage_seconds:
+        lines += ["", "Stage wall time (s): " + ", ".join(f"{k} {v}" for k, v in stage_seconds.items())]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_examples(examples: list[dict[str, Any]]) -> str:
+    parts = ["# Reasoning examples\n"]
+    for e in examples:
+        token = "emitted <|embed_token|>" if e["emitted"] else "token appended (not emitted)"
+        parts.append(f"**{e['model']}** — query: *{e['query']}* ({token}, {e['seconds_per_query']} s/query)\n\n> {e['reasoning'] or '(empty)'}\n")
+    return "\n".join(parts)
+
+
+def plot_ndcg(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The nDCG@10 of every row as horizontal bars, written atomically as PNG."""
+    from io import BytesIO
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write_bytes
+
+    labels = [f"{r['system']}{' +reasoning' if r['reasoning'] else ''}" for r in rows]
+    values = [r["ndcg@10"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
+    ax.barh(labels[::-1], values[::-1], color="tab:blue")
+    for y, v in enumerate(values[::-1]):
+        ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8)
+    ax.set_xlabel("nDCG@10")
+    ax.set_xlim(0, 1)
+    fig.tight_layout()
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    return Pipeline(cfg).run()

@@ -1,0 +1,63 @@
+"""Training curves from a JSONL log, drawn with matplotlib (Agg backend: no display needed)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from io import BytesIO
+from pathlib import Path
+from typing import Sequence
+
+from .io import atomic_write_bytes
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSONL log, one per non-blank line (a torn last line is skipped)."""
+    rows = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:  # a crash can leave half a last line; anything else is corrupt
+                continue
+            raise ValueError(f"{path}:{n + 1}: not valid JSON") from None
+    return rows
+
+
+def plot_curves(jsonl_log_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str], *, x: str = "step") -> Path:
+    """Plot each of ``keys`` against ``x`` (one panel per key) from a JSONL log into a PNG, atomically.
+
+    Rows without a key (or with a non-finite value) are skipped for that key, so training-loss rows
+    and periodic evaluation rows can share one log. Raises ``ValueError`` if no key has any value.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not keys:
+        raise ValueError("plot_curves needs at least one key")
+    rows = read_log(jsonl_log_path)
+    series = {}
+    for key in keys:
+        pts = [(r[x], r[key]) for r in rows if x in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if pts:
+            series[key] = pts
+    if not series:
+        raise ValueError(f"{jsonl_log_path}: none of {list(keys)} has a value against {x!r}")
+    fig, axes = plt.subplots(len(series), 1, figsize=(6, 2.2 * len(series)), sharex=True, squeeze=False)
+    for ax, (key, pts) in zip(axes[:, 0], series.items()):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(x)
+    fig.tight_layout()
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
+    return Path(png_path)

@@ -1,0 +1,522 @@
+"""Stage 1, supervised: teach the backbone to end answers with ``<|embed_token|>`` and shape its hidden state.
+
+One training example is (query, positive, hard negatives) from :mod:`searchr3.data.sources`. A step:
+
+1. queries go through the direct query prompt; a share of them also through the reasoning prompt
+   followed by a reasoning trace the *base* model wrote once (cached in ``traces.jsonl``) and the
+   embedding token, so the model learns to emit the token after reasoning;
+2. positives and negatives go through the document prompt;
+3. loss = ``w_lm`` LM cross-entropy on the assistant-turn tokens + ``w_kl`` KL to the frozen base on
+   the same tokens (LoRA: the adapter disabled for the reference pass; positions whose target is the
+   embedding token are left out of the KL, which would otherwise forbid learning to emit it) +
+   ``w_nce`` InfoNCE (in-batch + hard negatives) + ``w_triplet`` triplet margin.
+
+The loop is a small nanoGPT-style loop rather than a ``transformers.Trainer`` subclass: the batch
+holds three kinds of sequences with different losses and a reference pass, which Trainer's
+``compute_loss`` would only wrap. It writes a resumable run folder::
+
+    config.json      the settings and base model (a resume with different ones is refused)
+    traces.jsonl     reasoning traces of the base model (generated once)
+    log.jsonl        one row per step (losses, lr, seconds) and per evaluation
+    checkpoint/      model/ (loadable by SearchR3.from_pretrained) + state.pt (trainable weights,
+                     optimizer, scheduler, RNG, step), written atomically
+    final/           the trained model;  curves.png  the loss/metric plot
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.sources import Example
+from .io import atomic_directory, atomic_write_json, atomic_write_text
+from .losses import info_nce, kl_to_reference, lm_loss, triplet_margin
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact-2k")
+# Settings that may change between an interrupted run and its resume (they don't change the result
+# of the steps already taken).
+_RESUMABLE = {"out", "max_steps", "eval_every", "save_every", "show_progress"}
+
+
+class SFTError(RuntimeError):
+    """A training run that cannot start or go on (bad run folder, non-finite loss)."""
+
+
+@dataclass
+class SFTConfig:
+    """Settings of a supervised run. The defaults are the small run that finishes in minutes on 2 cores.
+
+    Loss defaults: tau=0.05 (the usual contrastive temperature of E5/GTE-style embedders), margin=0.1,
+    w_lm=1, w_kl=0.1, w_nce=1, w_triplet=0.5. NOT yet chosen by a sweep: the shared 2-core machine was
+    too loaded for one in the first session (see the report); run ``--temperature``/``--margin``/``--w-*``
+    variants and record the winner here.
+    """
+
+    out: str = "runs/sft-default"
+    model: str | None = None  # None = built-in SmolLM2-135M-Instruct
+    prompts: dict | None = None  # PromptConfig fields; None = the model's own (saved with the trained model)
+    data: list[str] = field(default_factory=lambda: [DEFAULT_DATA])  # BEIR folders with a training split
+    split: str = "train"
+    cloze: int = 48  # inverse-cloze examples from the data folders' corpora
+    wordnet: int = 48  # definition -> word examples (0, or skipped with a warning if WordNet is absent)
+    hard_negatives: int = 1  # BM25 negatives per example
+    eval_queries: int = 20  # queries of the first folder held out for periodic evaluation
+    eval_docs: int = 200  # documents in the held-out evaluation corpus
+    reasoning_share: float = 0.3  # share of training queries that also get a reasoning-trace example
+    reasoning_tokens: int = 48  # length limit of the cached reasoning traces
+    # model and optimisation
+    lora_r: int = 16
+    lora_alpha: int = 32
+    full_finetune: bool = False
+    lr: float = 2e-4
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 12
+    query_tokens: int = 64  # text tokens kept per query (the prompt template comes on top)
+    doc_tokens: int = 128  # text tokens kept per document
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    # losses
+    temperature: float = 0.05
+    margin: float = 0.1
+    w_lm: float = 1.0
+    w_kl: float = 0.1
+    w_nce: float = 1.0
+    w_triplet: float = 0.5
+    # bookkeeping
+    eval_every: int = 6
+    save_every: int = 4
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps", "lora_r", "query_tokens", "doc_tokens", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.reasoning_share <= 1.0:
+            raise ValueError("reasoning_share must be in [0, 1]")
+        if self.temperature <= 0 or self.lr <= 0:
+            raise ValueError("temperature and lr must be > 0")
+        if min(self.w_lm, self.w_kl, self.w_nce, self.w_triplet) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if not self.data:
+            raise ValueError("no training data folder given")
+        if self.batch_size == 1 and self.hard_negatives == 0:
+            raise ValueError("batch_size=1 with hard_negatives=0 leaves the contrastive losses without negatives")
+        self.data = [str(d) for d in self.data]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SFTConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class TrainingData:
+    examples: list[Example]
+    eval_queries: dict[str, str]  # held-out query id -> text
+    eval_corpus: dict[str, str]  # held-out document id -> text
+    eval_qrels: dict[str, dict[str, int]]
+
+
+def build_data(cfg: SFTConfig) -> TrainingData:
+    """Training examples from every source, with a held-out slice of the first folder for evaluation."""
+    from .data.sources import (
+        add_bm25_negatives, beir_examples, cloze_examples, corpus_pool, load_training_folder, wordnet_available, wordnet_examples,
+    )
+
+    rng = random.Random(cfg.seed)
+    examples: list[Example] = []
+    held_q: dict[str, str] = {}
+    held_docs: dict[str, str] = {}
+    held_qrels: dict[str, dict[str, int]] = {}
+    for n, folder in enumerate(cfg.data):
+        ds = load_training_folder(folder, cfg.split)
+        qids = [q for q in ds.qrels if any(s > 0 for s in ds.qrels[q].values())]
+        held: list[str] = []
+        if n == 0 and cfg.eval_queries:
+            if cfg.eval_queries >= len(qids):
+                raise SFTError(f"{folder}: eval_queries={cfg.eval_queries} leaves no training queries (it has {len(qids)})")
+            held = sorted(rng.sample(qids, cfg.eval_queries))
+            pos = {d for q in held for d, s in ds.qrels[q].items() if s > 0}
+            others = sorted(set(ds.corpus) - pos)
+            # Distractors come from at most half the other documents, so training keeps a corpus of its own.
+            fill = rng.sample(others, max(0, min(len(others) // 2, cfg.eval_docs - len(pos))))
+            pool = corpus_pool(ds)
+            held_docs = {d: pool[d] for d in sorted(pos) + fill}
+            held_q = {q: ds.queries[q] for q in held}
+            held_qrels = {q: dict(ds.qrels[q]) for q in held}
+        train_q = [q for q in qids if q not in set(held)]
+        pool = {d: t for d, t in corpus_pool(ds).items() if d not in held_docs}
+        exs = beir_examples(ds, train_q)
+        if cfg.cloze:
+            corpus = {d: ds.corpus[d] for d in pool}
+            exs += cloze_examples(corpus, cfg.cloze // len(cfg.data), seed=cfg.seed + n, name=f"{ds.name}-cloze")
+        examples += add_bm25_negatives(exs, pool, cfg.hard_negatives, seed=cfg.seed + n)
+    if cfg.wordnet:
+        if wordnet_available():
+            wn = wordnet_examples(cfg.wordnet * 4, seed=cfg.seed)  # the extra ones are the negatives' pool
+            pool = {f"wn{i}": ex.positive for i, ex in enumerate(wn)}
+            wn = [Example(ex.query, ex.positive, source=ex.source, positive_ids=frozenset([f"wn{i}"])) for i, ex in enumerate(wn)]
+            examples += add_bm25_negatives(wn[: cfg.wordnet], pool, cfg.hard_negatives, seed=cfg.seed)
+        else:
+            log.warning("WordNet is not installed (apt-get install wordnet-base): training without WordNet pairs")
+    if not examples:
+        raise SFTError("no usable training examples")
+    return TrainingData(examples, held_q, held_docs, held_qrels)
+
+
+def data_digest(examples: Sequence[Example]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.query, ex.positive, list(ex.negatives)]).encode())
+    return h.hexdigest()[:16]
+
+
+def batch_indices(step: int, n_examples: int, size: int, seed: int) -> list[int]:
+    """Example indices of optimizer step ``step``: consecutive slices of seeded per-epoch permutations.
+
+    A pure function of the step, so a resumed run sees exactly the batches the straight run saw.
+    """
+    out = []
+    for pos in range(step * size, (step + 1) * size):
+        epoch, i = divmod(pos, n_examples)
+        perm = list(range(n_examples))
+        random.Random(seed * 100_003 + epoch).shuffle(perm)
+        out.append(perm[i])
+    return out
+
+
+# ---------------------------------------------------------------------------------------- traces
+def load_or_make_traces(m, queries: list[str], path: Path, max_new_tokens: int, show_progress: bool) -> dict[str, list[int]]:
+    """Reasoning traces (completion ids ending with the embedding token) of the base model, greedy.
+
+    Cached in ``path`` (JSONL, appended per batch) so a resumed run never regenerates them.
+    """
+    traces: dict[str, list[int]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a kill: regenerated below
+            traces[row["query"]] = row["completion_ids"]
+    todo = [q for q in dict.fromkeys(queries) if q not in traces]
+    chunk = 16
+    for s in tqdm(range(0, len(todo), chunk), desc="reasoning traces", disable=not show_progress or not todo):
+        batch = todo[s : s + chunk]
+        ro = m.reason(batch, batch_size=16, max_new_tokens=max_new_tokens)
+        with path.open("a", encoding="utf-8") as fh:
+            for q, comp, emitted in zip(batch, ro.completion_ids, ro.emitted):
+                traces[q] = comp
+                fh.write(json.dumps({"query": q, "completion_ids": comp, "emitted": emitted}) + "\n")
+    return {q: traces[q] for q in queries}
+
+
+# ---------------------------------------------------------------------------------------- model
+def prepare_model(m, cfg: SFTConfig):
+    """Wrap ``m.model`` in LoRA (attention + MLP projections, the embedding token's row trainable) or
+    unfreeze it all; returns the frozen reference for full fine-tuning (None with LoRA)."""
+    import copy
+
+    ref = None
+    if cfg.full_finetune:
+        if cfg.w_kl > 0:  # full fine-tuning has no adapter to switch off: keep a frozen copy
+            ref = copy.deepcopy(m.model).eval().requires_grad_(False)
+        m.model.requires_grad_(True)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        present = {name.rsplit(".", 1)[-1] for name, _ in m.model.named_modules()}
+        lcfg = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=[t for t in targets if t in present],
+            trainable_token_indices=[m.embed_token_id], task_type="CAUSAL_LM",
+        )
+        m.model = get_peft_model(m.model, lcfg)
+    if cfg.gradient_checkpointing:
+        m.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.model.enable_input_require_grads()
+    return ref
+
+
+class SFTTrainer:
+    """The supervised loop over one run folder."""
+
+    def __init__(self, cfg: SFTConfig, m, data: TrainingData, traces: dict[str, list[int]], ref_model=None) -> None:
+        self.cfg, self.m, self.data, self.traces, self.ref = cfg, m, data, traces, ref_model
+        self.run = Path(cfg.out)
+        self.params = [p for p in m.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise SFTError("the model has no trainable parameters")
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        from transformers import get_linear_schedule_with_warmup
+
+        self.sched = get_linear_schedule_with_warmup(self.opt, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
+        self.step = 0
+        direct, header = m.template("query").tail, m.template("query", True).tail
+        # The assistant turn of a direct prompt: the tail after the assistant header (fixed text + token).
+        self.answer_len = len(direct) - len(header) if direct[: len(header)] == header else len(direct)
+
+    # ------------------------------------------------------------------ batches and loss
+    def _prompt(self, texts: list[str], kind: str, text_tokens: int, reasoning: bool = False) -> list[list[int]]:
+        tpl = self.m.template(kind, reasoning)
+        ids = self.m.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [tpl.build(x, tpl.overhead + text_tokens) for x in ids]
+
+    def _lm_positions(self, seqs, spans):
+        rows, cols = [], []
+        for i, (a, b) in enumerate(spans):
+            for p in range(max(a, 1), b):
+                rows.append(i)
+                cols.append(p)
+        rows, cols = torch.tensor(rows), torch.tensor(cols)
+        targets = torch.tensor([seqs[r][c] for r, c in zip(rows.tolist(), cols.tolist())])
+        return rows, cols, targets
+
+    def _logits_at(self, model, batch, rows, cols):
+        """Hidden states of a batch, and the LM logits predicting positions ``cols`` of ``rows`` only
+        (the vocabulary projection of every position would cost as much as a few layers)."""
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[rows, cols - 1])
+        return hidden, logits
+
+    def loss(self, exs: Sequence[Example]) -> dict[str, torch.Tensor]:
+        cfg, m = self.cfg, self.m
+        queries = [ex.query for ex in exs]
+        seqs = self._prompt(queries, "query", cfg.query_tokens)
+        spans = [(len(s) - self.answer_len, len(s)) for s in seqs]
+        owner = list(range(len(exs)))  # example of each query row
+        r_rows = [i for i, ex in enumerate(exs) if ex.query in self.traces]
+        if r_rows:
+            heads = self._prompt([queries[i] for i in r_rows], "query", cfg.query_tokens, reasoning=True)
+            for i, h in zip(r_rows, heads):
+                seqs.append(h + self.traces[queries[i]])
+                spans.append((len(h), len(seqs[-1])))
+                owner.append(i)
+        docs = [ex.positive for ex in exs] + [n for ex in exs for n in ex.negatives]
+        d_ids = self._prompt(docs, "document", cfg.doc_tokens)
+        qb, db = m.collate(seqs), m.collate(d_ids)
+        rows, cols, targets = self._lm_positions(seqs, spans)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            hidden, logits = self._logits_at(m.model, qb, rows, cols)
+            q_emb = hidden[torch.arange(len(seqs)), qb["embed_index"]]
+            d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
+            ref_logits = None
+            if cfg.w_kl > 0:
+                with torch.no_grad():
+                    if self.ref is not None:
+                        ref_logits = self._logits_at(self.ref, qb, rows, cols)[1]
+                    else:
+                        with m.model.disable_adapter():
+                            ref_logits = self._logits_at(m.model, qb, rows, cols)[1]
+        # lm_loss / kl_to_reference read logits[:, t] against labels[:, t + 1]: one (predictor, target) pair per row.
+        pair = lambda x: x.float()[:, None].expand(-1, 2, -1)  # noqa: E731
+        labels = torch.stack([torch.full_like(targets, -100), targets], 1)
+        kl_labels = labels.clone()
+        kl_labels[:, 1][targets == m.embed_token_id] = -100
+        pos = torch.tensor(owner)
+        exclude = torch.tensor([[docs[j] == exs[o].positive and j != o for j in range(len(docs))] for o in owner])
+        out = {
+            "lm": lm_loss(pair(logits), labels),
+            "kl": kl_to_reference(pair(logits), pair(ref_logits), kl_labels) if ref_logits is not None else torch.zeros(()),
+            "nce": info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature),
+            "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude),
+        }
+        out["loss"] = cfg.w_lm * out["lm"] + cfg.w_kl * out["kl"] + cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
+        return out
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.m.model.train()
+        idx = batch_indices(self.step, len(self.data.examples), cfg.batch_size * cfg.grad_accum, cfg.seed)
+        totals: dict[str, float] = {}
+        self.opt.zero_grad(set_to_none=True)
+        for a in range(cfg.grad_accum):
+            exs = [self.data.examples[i] for i in idx[a * cfg.batch_size : (a + 1) * cfg.batch_size]]
+            parts = self.loss(exs)
+            if not torch.isfinite(parts["loss"]):
+                raise SFTError(
+                    f"step {self.step + 1}: loss is {parts['loss'].item()} ({ {k: v.item() for k, v in parts.items()} }); "
+                    f"stopped without saving; the last good checkpoint is in {self.run / 'checkpoint'}"
+                )
+            (parts["loss"] / cfg.grad_accum).backward()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.item() / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise SFTError(f"step {self.step + 1}: gradient norm is {grad_norm.item()}; stopped without saving")
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self.m.model.eval()
+        return {
+            "step": self.step, **totals, "grad_norm": grad_norm.item(), "lr": self.sched.get_last_lr()[0],
+            "seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """nDCG@10 on the held-out slice, reasoning off and (if traces are trained) on, plus the token emit rate."""
+        from .evaluation import compute_metrics, dense_retrieve
+
+        d = self.data
+        if not d.eval_queries:
+            return {}
+        self.m.model.eval()
+        doc_ids, qids = list(d.eval_corpus), list(d.eval_queries)
+        old = self.m.max_length
+        self.m.max_length = self.m.template("document").overhead + self.cfg.doc_tokens
+        try:
+            de = self.m.encode_document([d.eval_corpus[i] for i in doc_ids], batch_size=16)
+        finally:
+            self.m.max_length = old
+        qtexts = [d.eval_queries[q] for q in qids]
+        out = {"eval_ndcg@10": compute_metrics(d.eval_qrels, dense_retrieve(self.m.encode_query(qtexts), de, doc_ids, qids, 10))["ndcg@10"]}
+        if self.cfg.reasoning_share > 0:
+            ro = self.m.reason(qtexts, max_new_tokens=self.cfg.reasoning_tokens)
+            run = dense_retrieve(ro.embeddings.numpy(), de, doc_ids, qids, 10)
+            out["eval_ndcg@10_reasoning"] = compute_metrics(d.eval_qrels, run)["ndcg@10"]
+            out["eval_emit_rate"] = sum(ro.emitted) / len(ro.emitted)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.m.model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> None:
+        with atomic_directory(self.run / "checkpoint") as tmp:
+            self.m.save_pretrained(tmp / "model")
+            torch.save(
+                {
+                    "step": self.step,
+                    "trainable": self.trainable_state(),
+                    "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                },
+                tmp / "state.pt",
+            )
+            atomic_write_json(tmp / "state.json", {"step": self.step})
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run / "checkpoint" / "state.pt", weights_only=False)
+        missing = set(self.trainable_state()) - set(state["trainable"])
+        if missing:
+            raise SFTError(f"{self.run}/checkpoint does not match this model: missing {sorted(missing)[:3]}")
+        self.m.model.load_state_dict(state["trainable"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        self.step = int(state["step"])
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> Path:
+        cfg, logp = self.cfg, self.run / "log.jsonl"
+        keep = [r for r in _read_rows(logp) if r.get("step", 0) <= self.step] if self.step else []
+        atomic_write_text(logp, "".join(json.dumps(r) + "\n" for r in keep))  # drop rows past the checkpoint
+        if self.step == 0 and cfg.eval_every:
+            self._log(logp, {"step": 0, **self.evaluate()})
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sft", disable=not cfg.show_progress, unit="step")
+        while self.step < cfg.max_steps:
+            row = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", nce=f"{row['nce']:.3f}")
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                row.update(self.evaluate())
+            self._log(logp, row)
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        final = self.m.save_pretrained(self.run / "final")
+        self._plot(logp)
+        return final
+
+    def _log(self, path: Path, row: dict) -> None:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _plot(self, logp: Path) -> None:
+        from .plots import plot_curves
+
+        try:
+            plot_curves(logp, self.run / "curves.png", ["loss", "lm", "kl", "nce", "triplet", "eval_ndcg@10", "eval_ndcg@10_reasoning", "eval_emit_rate"])
+        except ValueError as e:  # nothing to plot (e.g. zero steps)
+            log.warning("no plot: %s", e)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    from .plots import read_log
+
+    return read_log(path) if path.is_file() else []
+
+
+# ---------------------------------------------------------------------------------------- driver
+def _check_run_dir(cfg: SFTConfig, resume: bool, meta: dict) -> bool:
+    """Validate the run folder; returns whether there is a checkpoint to resume from."""
+    run = Path(cfg.out)
+    cfg_path = run / "config.json"
+    if cfg_path.is_file():
+        if not resume:
+            raise SFTError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+        old = json.loads(cfg_path.read_text())
+        diffs = {k: (old.get("config", {}).get(k), v) for k, v in cfg.to_dict().items() if k not in _RESUMABLE and old.get("config", {}).get(k) != v}
+        diffs.update({k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v})
+        if diffs:
+            raise SFTError(f"{run} is a run of different settings or another model; differences (old, new): {diffs}")
+        return (run / "checkpoint" / "state.pt").is_file()
+    if run.exists() and any(run.iterdir()):
+        raise SFTError(f"{run} exists and is not a searchr3 SFT run folder: refusing to write into it")
+    return False
+
+
+def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
+    """Run (or with ``resume`` continue) supervised training; returns the final model folder."""
+    from . import SearchR3
+    from .backbone import model_source
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    data = build_data(cfg)
+    meta = {"base_model": model_source(cfg.model), "data_digest": data_digest(data.examples)}
+    has_ckpt = _check_run_dir(cfg, resume, meta)
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "config.json", {"config": cfg.to_dict(), **meta})
+    m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
+    rng = random.Random(cfg.seed)
+    queries = sorted({ex.query for ex in data.examples})
+    chosen = [q for q in queries if rng.random() < cfg.reasoning_share]
+    traces = load_or_make_traces(m, chosen, run / "traces.jsonl", cfg.reasoning_tokens, cfg.show_progress) if chosen else {}
+    ref = prepare_model(m, cfg)
+    trainer = SFTTrainer(cfg, m, data, traces, ref)
+    if has_ckpt:
+        trainer.load_checkpoint()
+        log.info("resumed %s at step %d", run, trainer.step)
+    return trainer.train()

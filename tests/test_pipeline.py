@@ -1,0 +1,59 @@
+"""The main job end to end on a tiny model: every stage runs, writes its report, and a re-run resumes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from searchr3.pipeline import PipelineConfig, run_pipeline
+from tests.test_sources import write_beir
+
+TOPICS = ["cat mat", "paris france", "protein fold", "search engine", "heart blood", "embedding vector", "rain clouds", "capital city"]
+PROMPTS = {"query_system": "Query.", "document_system": "Passage.", "reasoning_system": "Think.", "direct_answer": "E <|embed_token|>"}
+
+
+@pytest.fixture()
+def data(tmp_path) -> Path:
+    docs = {f"d{i}": f"The {t} is here. This passage is about {t}." for i, t in enumerate(TOPICS)}
+    queries = {f"q{i}": f"what about {t}" for i, t in enumerate(TOPICS)}
+    qrels = [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))]
+    write_beir(tmp_path / "data" / "scifact-2k", qrels, docs, queries)
+    ev = write_beir(tmp_path / "data" / "msmarco-mini", qrels, docs, queries)
+    (ev / "qrels" / "train.tsv").rename(ev / "qrels" / "test.tsv")
+    return tmp_path / "data"
+
+
+def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
+    cfg = PipelineConfig(
+        out=str(tmp_path / "run"), data=str(data), model=str(tiny_model_dir), examples=2,
+        sft=dict(prompts=PROMPTS, cloze=2, wordnet=0, eval_queries=0, batch_size=4, max_steps=2, save_every=1,
+                 reasoning_tokens=4, query_tokens=16, doc_tokens=24, bf16=False, show_progress=False),
+        rl=dict(steps=1, queries_per_step=2, group=2, max_new_tokens=3, doc_max_length=64, bf16=False, show_progress_bar=False, env={"k": 4, "candidates": 4}),
+    )
+    summary = run_pipeline(cfg)
+    names = [(r["system"], r["reasoning"]) for r in summary["rows"]]
+    assert names == [
+        ("BM25", False), ("all-MiniLM-L6-v2", False), ("searchr3 zero-shot", False), ("searchr3 zero-shot", True),
+        ("searchr3 SFT", False), ("searchr3 SFT", True), ("searchr3 SFT+RL", False), ("searchr3 SFT+RL", True),
+    ]
+    out = tmp_path / "run"
+    for f in ("results.md", "results.json", "ndcg.png", "examples.md", "sft/log.jsonl", "rl/reward.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert "| searchr3 SFT+RL | on |" in (out / "results.md").read_text()
+    assert "what about cat mat" in (out / "examples.md").read_text()
+    assert {e["model"] for e in summary["examples"]} == {"zero-shot", "SFT+RL"}
+
+    # A re-run skips finished stages; with the last two undone it redoes only those, from the checkpoints.
+    done = {s: json.loads((out / s / "done.json").read_text()) for s in ("zero_shot", "sft", "rl", "final")}
+    (out / "final" / "done.json").unlink()
+    again = run_pipeline(cfg)
+    assert json.loads((out / "sft" / "done.json").read_text()) == done["sft"]
+    assert [r["ndcg@10"] for r in again["rows"]] == pytest.approx([r["ndcg@10"] for r in summary["rows"]], abs=1e-6)
+
+
+def test_pipeline_config_errors(tmp_path, data):
+    with pytest.raises(ValueError, match="unknown preset"):
+        PipelineConfig(preset="huge", data=str(data))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        PipelineConfig(data=str(tmp_path / "nowhere"))

@@ -1,0 +1,224 @@
+"""Stage-1 trainer on a tiny random model: losses, LoRA + token row, resume after kill -9, bad input, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from searchr3 import SearchR3
+from searchr3.plots import plot_curves
+from searchr3.sft import SFTConfig, SFTError, SFTTrainer, batch_indices, build_data, prepare_model, train_sft
+from tests.conftest import REPO, build_tiny_model
+from tests.test_sources import write_beir
+
+TOPICS = [
+    "cat mat", "paris france", "protein fold", "search engine", "heart blood", "embedding vector",
+    "rain clouds", "the sky", "capital city", "body shapes",
+]
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory) -> Path:
+    docs = {f"d{i}": f"The {t} is here. This passage is about {t}. More {t} text follows here." for i, t in enumerate(TOPICS)}
+    queries = {f"q{i}": f"what about {t}" for i, t in enumerate(TOPICS)}
+    return write_beir(tmp_path_factory.mktemp("beir"), [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))], docs, queries)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_sft") / "model")
+
+
+# Short prompts: the tiny tokenizer spells the default system prompts out in ~200 tokens.
+PROMPTS = {"query_system": "Query.", "document_system": "Passage.", "reasoning_system": "Think.", "direct_answer": "E <|embed_token|>"}
+
+
+def tiny_cfg(out: Path, model_dir: Path, beir_dir: Path, **kw) -> SFTConfig:
+    base = dict(prompts=PROMPTS,
+        out=str(out), model=str(model_dir), data=[str(beir_dir)], cloze=4, wordnet=0, eval_queries=2, eval_docs=6,
+        batch_size=4, max_steps=4, eval_every=0, save_every=1, reasoning_tokens=4, query_tokens=16, doc_tokens=24,
+        bf16=False, show_progress=False, lr=5e-3,
+    )
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def trainable(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint" / "state.pt", weights_only=False)["trainable"]
+
+
+def test_batches_are_a_pure_function_of_the_step():
+    seen = [i for s in range(5) for i in batch_indices(s, 10, 4, seed=3)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))  # each epoch once
+    assert batch_indices(3, 10, 4, seed=3) == batch_indices(3, 10, 4, seed=3) != batch_indices(3, 10, 4, seed=4)
+
+
+def test_training_lowers_the_loss_and_trains_the_token_row(tmp_path, model_dir, beir_dir):
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, max_steps=5, eval_every=5, reasoning_share=1.0)
+    final = train_sft(cfg)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 5 and steps[-1]["loss"] < steps[0]["loss"]
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["kl"] > 0  # LoRA starts at the base model
+    assert any("eval_ndcg@10" in r and "eval_emit_rate" in r for r in rows)
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((tmp_path / "run" / "traces.jsonl").read_text().splitlines()) == len({e.query for e in build_data(cfg).examples})
+
+    base = SearchR3.from_pretrained(model_dir, prompts=PROMPTS, bf16=False)
+    trained = SearchR3.from_pretrained(final, bf16=False)
+    assert trained.prompts.query_system == "Query."  # prompts travel with the trained model
+    tok = trained.embed_token_id
+    w0 = base.model.get_input_embeddings().weight
+    w1 = trained.model.get_base_model().get_input_embeddings()(torch.arange(w0.shape[0]))
+    assert not torch.allclose(w0[tok], w1[tok])  # the new token's row was trained ...
+    assert torch.equal(w0[:tok], w1[:tok])  # ... and no other row
+    q = ["what about cat mat"]
+    assert not torch.allclose(torch.tensor(base.encode_query(q)), torch.tensor(trained.encode_query(q)))
+
+
+def test_reference_pass_is_the_frozen_base_model(tmp_path, model_dir, beir_dir):
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, lr=5e-2)
+    m = SearchR3.from_pretrained(model_dir, prompts=PROMPTS, bf16=False)
+    prepare_model(m, cfg)
+    trainer = SFTTrainer(cfg, m, build_data(cfg), {})
+    trainer.train_step()
+    trainer.train_step()
+    base = SearchR3.from_pretrained(model_dir, bf16=False).model
+    ids = torch.tensor([m.prompt_ids(["what about rain"], "query")[0]])
+    with torch.no_grad(), m.model.disable_adapter():
+        ref = m.model(input_ids=ids).logits
+    with torch.no_grad():
+        assert torch.allclose(ref, base(input_ids=ids).logits, atol=1e-5)
+        assert not torch.allclose(m.model(input_ids=ids).logits, ref, atol=1e-3)
+
+
+def test_full_finetune_with_frozen_reference(tmp_path, model_dir, beir_dir):
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, full_finetune=True, max_steps=2, lr=1e-3)
+    final = train_sft(cfg)
+    assert not (final / "adapter_config.json").exists() and (final / "config.json").is_file()
+    assert SearchR3.from_pretrained(final, bf16=False).encode_query("rain").shape == (32,)
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+from searchr3.sft import SFTConfig, train_sft
+train_sft(SFTConfig(**{cfg!r}), resume={resume!r})
+"""
+
+
+def run_child(cfg: SFTConfig, resume: bool, kill_at_step: int | None = None) -> None:
+    code = _CHILD.format(repo=str(REPO), cfg=cfg.to_dict(), resume=resume)
+    # Same thread count as this process: float sums, and so the weights, depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if kill_at_step is None:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+        return
+    log = Path(cfg.out) / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        rows = log.read_text().splitlines() if log.is_file() else []
+        if any(json.loads(r).get("step", 0) >= kill_at_step for r in rows if r.strip()):
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_then_resume_gives_the_straight_result(tmp_path, model_dir, beir_dir):
+    train_sft(tiny_cfg(tmp_path / "straight", model_dir, beir_dir, max_steps=4, reasoning_share=0.5))
+    killed = tiny_cfg(tmp_path / "killed", model_dir, beir_dir, max_steps=4, reasoning_share=0.5)
+    run_child(killed, resume=False, kill_at_step=2)
+    state = torch.load(tmp_path / "killed" / "checkpoint" / "state.pt", weights_only=False)
+    assert 1 <= state["step"] < 4, "the kill should land mid-run"
+    run_child(killed, resume=True)
+    a, b = trainable(tmp_path / "straight"), trainable(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    la = [json.loads(r) for r in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(r) for r in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == [r["step"] for r in la]  # no duplicated rows after the resume
+    assert [round(r["loss"], 5) for r in lb] == [round(r["loss"], 5) for r in la]
+
+
+def test_resume_refuses_a_run_of_another_model(tmp_path, model_dir, beir_dir):
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, max_steps=1)
+    train_sft(cfg)
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    with pytest.raises(SFTError, match="another model"):
+        train_sft(tiny_cfg(tmp_path / "run", other, beir_dir, max_steps=2), resume=True)
+    with pytest.raises(SFTError, match="--resume"):
+        train_sft(cfg)  # without --resume a finished run is never overwritten
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("keep me")
+    with pytest.raises(SFTError, match="not a searchr3 SFT run"):
+        train_sft(tiny_cfg(tmp_path / "foreign", model_dir, beir_dir))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, beir_dir):
+    model = build_tiny_model(tmp_path / "model")
+    cfg = tiny_cfg(tmp_path / "run", model, beir_dir, max_steps=2)
+    train_sft(cfg)
+    good = (tmp_path / "run" / "checkpoint" / "state.pt").read_bytes()
+    weights = load_file(model / "model.safetensors")
+    name = next(k for k in weights if "layers.0.mlp.down_proj" in k)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SFTError, match="loss is nan"):
+        train_sft(tiny_cfg(tmp_path / "run", model, beir_dir, max_steps=4), resume=True)
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").read_bytes() == good
+    assert not (tmp_path / "run" / "final.tmp").exists()
+
+
+def test_bad_settings_and_data(tmp_path, model_dir, beir_dir):
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_cfg(tmp_path / "r", model_dir, beir_dir, batch_size=0)
+    with pytest.raises(ValueError, match="without negatives"):
+        tiny_cfg(tmp_path / "r", model_dir, beir_dir, batch_size=1, hard_negatives=0)
+    with pytest.raises(ValueError, match="reasoning_share"):
+        tiny_cfg(tmp_path / "r", model_dir, beir_dir, reasoning_share=2.0)
+    empty = write_beir(tmp_path / "empty", [("q0", "d0", 0)])
+    with pytest.raises(ValueError, match="no usable"):
+        train_sft(tiny_cfg(tmp_path / "r", model_dir, empty, eval_queries=0))
+    assert not (tmp_path / "r").exists()  # nothing written for bad input
+
+
+def test_plot_curves(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5, "eval_ndcg@10": 0.3}\n{"step": 3, "lo')  # torn last line
+    png = plot_curves(log, tmp_path / "c.png", ["loss", "eval_ndcg@10", "absent"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="none of"):
+        plot_curves(log, tmp_path / "d.png", ["absent"])
+
+
+def test_cli_sft(tmp_path, model_dir, beir_dir):
+    import typer
+    from typer.testing import CliRunner
+
+    from searchr3.commands.sft import sft
+
+    app = typer.Typer()
+    app.command("sft")(sft)
+    app.command("noop")(lambda: None)  # two commands, so "sft" is a subcommand as under `searchr3 train`
+    runner = CliRunner()
+    args = ["sft", "--out", str(tmp_path / "run"), "--data", str(beir_dir), "--model", str(model_dir), "--steps", "1",
+            "--batch-size", "4", "--cloze", "2", "--wordnet", "0", "--eval-queries", "2", "--eval-every", "0",
+            "--query-tokens", "16", "--doc-tokens", "24", "--reasoning-tokens", "4", "--fp32"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "final model" in res.output and (tmp_path / "run" / "final" / "searchr3.json").is_file()
+    res = runner.invoke(app, args)  # the same --out again without --resume
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = runner.invoke(app, ["sft", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    assert "--reasoning-share" in runner.invoke(app, ["sft", "--help"]).output
