@@ -260,7 +260,7 @@ class SearchR3:
             if generation:
                 raise TypeError(f"generation settings {sorted(generation)} need reasoning=True")
             ids = self.prompt_ids(items, kind)
-            emb = self._encode_ids(ids, batch_size, show_progress_bar, f"encode {kind}s")
+            emb = self._encode_ids(ids, batch_size, show_progress_bar, "encode queries" if kind == "query" else "encode documents")
         return self._finish(emb, single, normalize_embeddings, convert_to_numpy, convert_to_tensor)
 
     def encode_query(self, texts: str | Sequence[str], *, reasoning: bool = False, **kwargs: Any):
