@@ -25,7 +25,7 @@ def sft(
     reasoning_tokens: int = typer.Option(48, "--reasoning-tokens", help="Length limit of the reasoning traces."),
     query_tokens: int = typer.Option(64, "--query-tokens", help="Text tokens kept per query."),
     doc_tokens: int = typer.Option(128, "--doc-tokens", help="Text tokens kept per document."),
-    temperature: float = typer.Option(0.05, "--temperature", help="InfoNCE temperature tau."),
+    temperature: float = typer.Option(0.02, "--temperature", help="InfoNCE temperature tau (0.02 won a sweep of 0.02/0.05/0.1)."),
     margin: float = typer.Option(0.1, "--margin", help="Triplet margin theta."),
     w_lm: float = typer.Option(1.0, "--w-lm", help="Weight of the LM loss."),
     w_kl: float = typer.Option(0.1, "--w-kl", help="Weight of the KL-to-base loss."),
