@@ -25,7 +25,7 @@ system-deps:
 	fi
 
 quickstart: install
-	$(BIN)/searchr3 quickstart --data $(DATA)
+	$(BIN)/searchr3 pipeline --preset quick --data $(DATA) --out runs/quickstart
 
 test: install
 	$(BIN)/python -m pytest -q -x --durations=15

@@ -312,13 +312,16 @@ def run_evaluation(
     show_progress_bar: bool = False,
     k: int = 100,
     cache_dir: str | Path | None = None,
+    max_docs: int = 0,
 ) -> list[dict[str, Any]]:
     """Evaluate each ``(name, encoder or "bm25", reasoning)`` on one BEIR split; one row per system.
 
     Systems sharing an encoder object share its corpus embeddings (encoded once); with
     ``cache_dir`` they are also kept on disk across calls (see :func:`encode_corpus`).
+    ``max_docs`` evaluates on the corpus's first documents only (:meth:`BeirDataset.subset`);
+    rows then carry the sub-corpus in their ``dataset`` name.
     """
-    dataset = load_beir(data_dir, split)
+    dataset = load_beir(data_dir, split).subset(max_docs)
     corpus_cache: dict[int, CorpusEmbeddings] = {}
     rows = []
     for name, system, reasoning in systems:

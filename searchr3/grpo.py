@@ -316,31 +316,3 @@ def train_rl(cfg: GRPOConfig, *, resume: bool = False, model=None) -> Path:
     elif trainer.log_path.exists():
         trainer.log_path.unlink()
     return trainer.train()
-
-
-def evaluate_models(models: dict[str, Any], data: str, split: str = "test", out: Path | None = None,
-                    batch_size: int = 32, max_docs: int = 0, show_progress_bar: bool = True) -> list[dict[str, Any]]:
-    """nDCG@10 etc. of each named model with reasoning off and on (corpus encoded once per model).
-
-    ``max_docs`` keeps only the corpus's first documents (file order) for a cheaper, sub-corpus evaluation.
-    Corpus embeddings go through the same on-disk cache as ``searchr3 eval`` (keyed by model fingerprint
-    and corpus content), so a model evaluated there is not encoded again here.
-    """
-    from .backbone import cache_dir
-    from .data.beir import load_beir
-    from .evaluation import encode_corpus, evaluate_encoder
-
-    ds = load_beir(data, split)
-    if max_docs:
-        ds.corpus = dict(list(ds.corpus.items())[:max_docs])
-    rows = []
-    for name, m in models.items():
-        ce = encode_corpus(m, ds.corpus, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                           cache_dir=cache_dir() / "corpus-embeddings")
-        for reasoning in (False, True):
-            r = evaluate_encoder(m, ds, reasoning=reasoning, batch_size=batch_size, corpus_embeddings=ce)
-            r.pop("run")
-            rows.append({"system": name, "dataset": ds.name, "corpus_docs": len(ds.corpus), **r})
-            if out is not None:
-                atomic_write_json(out, rows)
-    return rows

@@ -244,6 +244,18 @@ def test_run_evaluation_table_and_results_file(tiny_dir: Path, tmp_path: Path) -
         run_evaluation(tiny_dir, "test", [("x", "tfidf", False)])
 
 
+def test_sub_corpus_keeps_the_first_documents_and_their_qrels(tiny: BeirDataset, tiny_dir: Path) -> None:
+    sub = tiny.subset(2)
+    assert list(sub.corpus) == ["d1", "d2"] and sub.name == "tiny[:2]"
+    assert sub.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # d4 was cut, so its judgment goes too
+    assert tiny.subset(0) is tiny and tiny.subset(4) is tiny
+    one = tiny.subset(1)
+    assert one.qrels == {"q1": {"d1": 2}} and one.judged_query_ids() == ["q1"]  # q2 lost its relevant document
+    rows = run_evaluation(tiny_dir, "test", [("bm25", "bm25", False), ("hash", HashingEncoder(), False)], max_docs=1)
+    assert [(r["dataset"], r["num_docs"], r["num_queries"]) for r in rows] == [("tiny[:1]", 1, 1)] * 2
+    assert all(r["ndcg@10"] == 1.0 for r in rows)  # one document, and it is the relevant one
+
+
 # ---------------------------------------------------------------- baselines
 
 

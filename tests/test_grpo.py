@@ -109,6 +109,20 @@ def test_tiny_run_checkpoints_and_resumes_exactly(tiny_model_dir, beir_dir, tmp_
     assert SearchR3.from_pretrained(tmp_path / "b" / "model").encode_query("cats").shape == (32,)
 
 
+def test_cli_evaluates_the_init_and_rl_models(tiny_model_dir, beir_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("SEARCHR3_CACHE", str(tmp_path / "cache"))
+    ev = tmp_path / "eval"
+    shutil.copytree(beir_dir, ev)
+    (ev / "qrels" / "train.tsv").rename(ev / "qrels" / "test.tsv")
+    _train(tmp_path / "r", tiny_model_dir, beir_dir, 1, "--eval", str(ev), "--eval-docs", "10")
+    rows = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert [(r["system"].split(" ")[0], r["reasoning"]) for r in rows] == [("init", False), ("init", True), ("rl", False), ("rl", True)]
+    assert {(r["dataset"], r["num_docs"], r["num_queries"]) for r in rows} == {("eval[:10]", 10, 6)}
+    assert len(list((tmp_path / "cache" / "corpus-embeddings").glob("*.npz"))) == 2  # one corpus encode per model
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="group must be >= 2"):
         GRPOConfig(group=1)

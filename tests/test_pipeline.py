@@ -52,6 +52,12 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     assert [r["ndcg@10"] for r in again["rows"]] == pytest.approx([r["ndcg@10"] for r in summary["rows"]], abs=1e-6)
 
 
+def test_presets_choose_the_evaluation_corpus(data):
+    assert PipelineConfig(data=str(data)).eval_docs == 1000  # quick: a sub-corpus
+    assert PipelineConfig(data=str(data), preset="full").eval_docs == 0  # full: the whole corpus
+    assert PipelineConfig(data=str(data), eval_docs=50).eval_docs == 50
+
+
 def test_pipeline_config_errors(tmp_path, data):
     with pytest.raises(ValueError, match="unknown preset"):
         PipelineConfig(preset="huge", data=str(data))

@@ -36,7 +36,7 @@ def rl(
     import json
 
     from searchr3.env import EnvConfig
-    from searchr3.grpo import GRPOConfig, evaluate_models, train_rl
+    from searchr3.grpo import GRPOConfig, train_rl
 
     if resume and not (out / "checkpoint" / "trainer.pt").exists():
         typer.secho(f"error: --resume but {out}/checkpoint has no checkpoint", fg="red", err=True)
@@ -62,12 +62,18 @@ def rl(
 
         from searchr3 import SearchR3
 
+        from searchr3.backbone import cache_dir
+        from searchr3.evaluation import run_evaluation, write_results
+
         models = {}
         if eval_init:
             base = SearchR3.from_pretrained(init, bf16=bf16)
             base.prompts = replace(base.prompts, max_reasoning_tokens=max_new_tokens)
             models[f"init ({init or 'built-in'})"] = base
         models["rl"] = SearchR3.from_pretrained(model_dir, bf16=bf16)
-        rows = evaluate_models(models, str(eval_data), out=out / "eval.json", max_docs=eval_docs)
+        systems = [(name, m, reasoning) for name, m in models.items() for reasoning in (False, True)]
+        rows = run_evaluation(str(eval_data), "test", systems, show_progress_bar=True, max_docs=eval_docs,
+                              cache_dir=cache_dir() / "corpus-embeddings")
+        write_results(rows, out / "eval.json")
         for r in rows:
             typer.echo(json.dumps({k: r[k] for k in ("system", "reasoning", "ndcg@10", "recall@100", "mrr@10", "seconds_per_query")}))

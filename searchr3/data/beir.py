@@ -69,6 +69,19 @@ class BeirDataset:
         judged = set(judged_queries(self.qrels, relevance_level))
         return [qid for qid in self.queries if qid in judged]
 
+    def subset(self, max_docs: int) -> "BeirDataset":
+        """The first ``max_docs`` documents (file order), with the qrels restricted to them.
+
+        For cheaper evaluation on a sub-corpus: every system sees the same documents, and a judged
+        document that was cut is no longer counted in the ideal ranking. ``max_docs <= 0`` or at
+        least the corpus size returns ``self``.
+        """
+        if max_docs <= 0 or max_docs >= len(self.corpus):
+            return self
+        corpus = dict(list(self.corpus.items())[:max_docs])
+        qrels = {q: {d: g for d, g in docs.items() if d in corpus} for q, docs in self.qrels.items()}
+        return BeirDataset(f"{self.name}[:{max_docs}]", corpus, self.queries, {q: j for q, j in qrels.items() if j}, self.split)
+
     def __repr__(self) -> str:
         return (
             f"BeirDataset(name={self.name!r}, split={self.split!r}, docs={len(self.corpus)}, "
