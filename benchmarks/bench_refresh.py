@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 POLICIES = {
     "none": dict(refresh="none"),
     "local": dict(refresh="local", neighbours=2),
+    "local-stale-positives": dict(refresh="local", neighbours=2, fresh_positives=False),
     "local+age4": dict(refresh="local", neighbours=2, max_age=4),
 }
 

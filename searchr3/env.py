@@ -14,6 +14,11 @@
   (found with ``knn_query`` of the document's own stored vector), plus the staleness budget: every
   document older than ``max_age`` versions, and the oldest ``sweep_share`` of the corpus.
   Vectors are written back in place (``add_items`` with an existing label replaces it).
+* The ``local`` policy also re-encodes, *before* scoring a step, that step's relevant documents
+  whose vectors are older than the current weights (``fresh_positives``): a reward is decided by
+  where the relevant documents rank, and the refresh after the update only covers what earlier
+  queries touched, so without this the new queries' positives are the stalest rows that matter.
+  It costs about one document per query (measured in ``benchmarks/bench_refresh.py``).
 * :meth:`RetrievalEnv.drift` compares the stale index with a fully re-encoded corpus: reward error,
   rank error of the best relevant document, and recall@k of the stale top-k against the true top-k.
 """
@@ -48,6 +53,7 @@ class EnvConfig:
     ef: int = 128  # hnswlib search breadth (ef >= candidates)
     M: int = 16  # hnswlib graph degree
     seed: int = 0
+    fresh_positives: bool = True  # local: re-encode a step's stale relevant documents before scoring
 
     def __post_init__(self) -> None:
         if self.refresh not in POLICIES:
@@ -76,7 +82,7 @@ class RefreshStats:
     """What one refresh did."""
 
     version: int
-    encoded: int  # documents re-encoded
+    encoded: int  # documents re-encoded since the last refresh (steps' fresh positives included)
     share: float  # encoded / corpus size
     touched: int  # documents the steps touched (before neighbours and budget)
     mean_age: float  # mean version age of the index after the refresh
@@ -131,6 +137,7 @@ class RetrievalEnv:
         self.index.add_items(self.emb, np.arange(self.size), num_threads=1)
         self.index.set_ef(max(self.config.ef, self.config.candidates + self.config.neighbours + 1))
         self._touched: set[int] = set()
+        self._step_encoded = 0  # fresh positives encoded by steps since the last refresh
         self.total_encoded = 0
 
     @property
@@ -172,15 +179,20 @@ class RetrievalEnv:
         if emitted.shape != (n,):
             raise ValueError(f"emitted must have {n} entries")
         cfg = self.config
-        ranked = self.search(query_embeddings, cfg.candidates) if n else np.zeros((0, cfg.candidates), np.int64)
-        rewards, ranks, pos_maps = np.zeros(n, np.float32), np.zeros(n, np.int64), []
+        pos_maps = []
         for i in range(n):
             try:
-                pos = self.positions_of(positives[i])
+                pos_maps.append(self.positions_of(positives[i]))
             except ValueError as e:
                 raise ValueError(f"query {queries[i]!r}: {e}") from None
+        if cfg.refresh == "local" and cfg.fresh_positives:
+            stale = sorted({p for pos in pos_maps for p in pos if self.versions[p] < self.version})
+            self.update(stale)
+            self._step_encoded += len(stale)
+        ranked = self.search(query_embeddings, cfg.candidates) if n else np.zeros((0, cfg.candidates), np.int64)
+        rewards, ranks = np.zeros(n, np.float32), np.zeros(n, np.int64)
+        for i, pos in enumerate(pos_maps):
             rewards[i], ranks[i] = dcg_reward(ranked[i].tolist(), pos, cfg.k)
-            pos_maps.append(pos)
             self._touched.update(ranked[i].tolist())
             self._touched.update(pos)
         rewards -= cfg.format_penalty * (~emitted)
@@ -218,9 +230,11 @@ class RetrievalEnv:
         self.version += 1
         chosen, touched = self.refresh_set()
         self.update(chosen)
+        encoded = len(chosen) + self._step_encoded
         self._touched.clear()
+        self._step_encoded = 0
         age = self.version - self.versions
-        return RefreshStats(self.version, len(chosen), len(chosen) / self.size, touched, float(age.mean()),
+        return RefreshStats(self.version, encoded, encoded / self.size, touched, float(age.mean()),
                             int(age.max()), time.perf_counter() - start)
 
     def update(self, positions: Sequence[int], embeddings: np.ndarray | None = None) -> None:

@@ -109,6 +109,28 @@ def test_policies_and_staleness_budget():
     assert stats.mean_age == pytest.approx(np.mean(6 - env.versions))
 
 
+def test_local_policy_scores_with_fresh_positives():
+    q = unit([[math.cos(-0.1), math.sin(-0.1), 0]])
+    for policy in ("local", "none"):
+        env, table = line_env(n=12, neighbours=0, refresh=policy)
+        env.step(["q"], unit([[1, 0, 0]]), [{"d0": 1}])
+        env.refresh()  # version 1; local re-encoded d0..d4, d5..d11 are stale
+        table.rows[9] = unit([math.cos(-0.1), math.sin(-0.1), 0])  # the new weights put d9 right on q
+        calls = len(table.calls)
+        res = env.step(["q"], q, [{"d9": 1}])
+        if policy == "local":  # d9 was re-encoded before scoring: rank 1, full reward
+            assert table.calls[calls:] == [[9]] and env.versions[9] == 1
+            assert res.ranks.tolist() == [1] and res.rewards[0] == pytest.approx(1.0)
+            assert env.refresh().encoded == 1 + 5  # the fresh positive + the 5 touched candidates (d9 among them)
+        else:  # its stale vector sits at the far end of the arc: not retrieved, no reward
+            assert len(table.calls) == calls and res.ranks.tolist() == [0] and res.rewards[0] == 0
+        env.check_consistency()
+    env, table = line_env(n=12, refresh="local", fresh_positives=False)
+    env.refresh()
+    env.step(["q"], q, [{"d9": 1}])
+    assert env.versions[9] == 0  # switched off: scored with the stale row
+
+
 def test_index_stays_consistent_after_many_refreshes():
     rng = np.random.default_rng(0)
     n, dim = 60, 8
