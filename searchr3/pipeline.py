@@ -33,13 +33,13 @@ log = logging.getLogger(__name__)
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "eval_docs": 1000,
-        "sft": {"max_steps": 10, "batch_size": 16, "eval_every": 0, "save_every": 5},
-        "rl": {"steps": 4, "queries_per_step": 4, "group": 4, "max_new_tokens": 32, "save_every": 2,
+        "sft": {"max_steps": 12, "batch_size": 16, "eval_every": 0, "save_every": 4},
+        "rl": {"steps": 6, "queries_per_step": 4, "group": 4, "max_new_tokens": 32, "save_every": 2,
                "corpus_limit": 300, "doc_max_length": 128},
     },
     "full": {
         "eval_docs": 0,
-        "sft": {"max_steps": 60, "batch_size": 16, "eval_every": 20, "save_every": 10},
+        "sft": {"max_steps": 100, "batch_size": 16, "cloze": 400, "wordnet": 400, "eval_every": 25, "save_every": 10},
         "rl": {},
     },
 }
