@@ -8,24 +8,14 @@ import sys
 from typer.testing import CliRunner
 
 from searchr3.cli import app
+from tests import beir_files
 
 
 def write_beir(folder, n_docs=12):
-    folder.mkdir(parents=True)
     words = ["cat", "mat", "paris", "france", "protein", "heart", "rain", "cloud", "query", "engine", "blood", "sky"]
-    with open(folder / "corpus.jsonl", "w") as fh:
-        for i in range(n_docs):
-            fh.write(json.dumps({"_id": f"d{i}", "title": "", "text": f"the {words[i % 12]} and the {words[(i + 3) % 12]}"}) + "\n")
-    with open(folder / "queries.jsonl", "w") as fh:
-        for i in range(4):
-            fh.write(json.dumps({"_id": f"q{i}", "text": f"{words[i]}"}) + "\n")
-        fh.write(json.dumps({"_id": "q_unjudged", "text": "nothing"}) + "\n")
-    (folder / "qrels").mkdir()
-    with open(folder / "qrels" / "test.tsv", "w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for i in range(4):
-            fh.write(f"q{i}\td{i}\t{1 + i % 2}\n")
-    return folder
+    docs = {f"d{i}": f"the {words[i % 12]} and the {words[(i + 3) % 12]}" for i in range(n_docs)}
+    queries = {**{f"q{i}": words[i] for i in range(4)}, "q_unjudged": "nothing"}
+    return beir_files.write_beir(folder, docs, queries, [(f"q{i}", f"d{i}", 1 + i % 2) for i in range(4)], split="test")
 
 
 def test_eval_command_writes_rows(tmp_path, tiny_model_dir):

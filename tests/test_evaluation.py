@@ -29,6 +29,7 @@ from searchr3.evaluation import (
     top_k,
     write_results,
 )
+from tests.beir_files import write_beir
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -88,17 +89,8 @@ def tiny() -> BeirDataset:
 
 @pytest.fixture
 def tiny_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "tiny"
-    (folder / "qrels").mkdir(parents=True)
-    with (folder / "corpus.jsonl").open("w") as f:
-        for did, doc in CORPUS.items():
-            f.write(json.dumps({"_id": did, **doc}) + "\n")
-    with (folder / "queries.jsonl").open("w") as f:
-        for qid, text in QUERIES.items():
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    lines = [f"{q}\t{d}\t{s}" for q, docs in QRELS.items() for d, s in docs.items()]
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines))
-    return folder
+    qrels = [(q, d, g) for q, docs in QRELS.items() for d, g in docs.items()]
+    return write_beir(tmp_path / "tiny", CORPUS, QUERIES, qrels, split="test")
 
 
 # ---------------------------------------------------------------- metrics

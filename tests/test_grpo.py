@@ -11,6 +11,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from tests.beir_files import write_beir
+
 from searchr3 import SearchR3
 from searchr3.commands.rl import rl
 from searchr3.grpo import GRPOConfig, batch_queries, group_advantages, grpo_loss, sequence_logprobs
@@ -22,13 +24,9 @@ WORDS = "cat mat paris france protein fold search engine heart blood rain cloud 
 def beir_dir(tmp_path_factory) -> Path:
     """A 30-document BEIR folder with 6 judged training queries."""
     root = tmp_path_factory.mktemp("beir")
-    (root / "qrels").mkdir()
     rng = random.Random(0)
-    docs = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choices(WORDS, k=8))} for i in range(30)]
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": docs[i]["text"][:20]}) + "\n" for i in range(6)))
-    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6)))
-    return root
+    docs = {f"d{i}": " ".join(rng.choices(WORDS, k=8)) for i in range(30)}
+    return write_beir(root, docs, {f"q{i}": docs[f"d{i}"][:20] for i in range(6)}, [(f"q{i}", f"d{i}", 1) for i in range(6)])
 
 
 def test_group_advantages_by_hand():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from searchr3.pipeline import PipelineConfig, run_pipeline
-from tests.test_sources import write_beir
+from tests.beir_files import write_beir
 
 TOPICS = ["cat mat", "paris france", "protein fold", "search engine", "heart blood", "embedding vector", "rain clouds", "capital city"]
 PROMPTS = {"query_system": "Query.", "document_system": "Passage.", "reasoning_system": "Think.", "direct_answer": "E <|embed_token|>"}
@@ -18,9 +18,8 @@ def data(tmp_path) -> Path:
     docs = {f"d{i}": f"The {t} is here. This passage is about {t}." for i, t in enumerate(TOPICS)}
     queries = {f"q{i}": f"what about {t}" for i, t in enumerate(TOPICS)}
     qrels = [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))]
-    write_beir(tmp_path / "data" / "scifact-2k", qrels, docs, queries)
-    ev = write_beir(tmp_path / "data" / "msmarco-mini", qrels, docs, queries)
-    (ev / "qrels" / "train.tsv").rename(ev / "qrels" / "test.tsv")
+    write_beir(tmp_path / "data" / "scifact-2k", docs, queries, qrels)
+    write_beir(tmp_path / "data" / "msmarco-mini", docs, queries, qrels, split="test")
     return tmp_path / "data"
 
 

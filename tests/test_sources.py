@@ -1,7 +1,6 @@
 """Training-example sources: BEIR pairs, inverse cloze, WordNet, BM25 hard negatives."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from searchr3.data.sources import (
     Example, add_bm25_negatives, beir_examples, cloze_examples, load_training_folder, parse_wordnet_line,
     split_sentences, wordnet_examples,
 )
+from tests import beir_files
 
 DOCS = {
     "d0": "Cats sleep most of the day. They hunt mice at night. A cat purrs when it is content.",
@@ -22,11 +22,7 @@ QUERIES = {"q0": "why do cats purr", "q1": "capital city of france", "q2": "prot
 
 
 def write_beir(folder: Path, qrels: list[tuple[str, str, int]], docs=DOCS, queries=QUERIES) -> Path:
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in docs.items()))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
-    return folder
+    return beir_files.write_beir(folder, docs, queries, qrels)
 
 
 def test_beir_examples_pairs_each_judged_positive(tmp_path):
