@@ -65,9 +65,9 @@ def evaluate(
         name = f"searchr3 ({model or 'smollm2'})"
         modes = {"off": [False], "on": [True], "both": [False, True]}[reasoning.value]
         systems += [(name, m, r) for r in modes]
-    from searchr3.backbone import cache_dir
+    from searchr3.evaluation import default_corpus_cache
 
-    emb_cache = cache_dir() / "corpus-embeddings" if cache else None
+    emb_cache = default_corpus_cache() if cache else None
     rows = run_evaluation(data, split, systems, batch_size=batch_size, show_progress_bar=True, cache_dir=emb_cache, max_docs=max_docs)
     console.print(format_table(rows, title=title))
     if out is not None:

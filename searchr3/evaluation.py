@@ -118,6 +118,13 @@ def encode_corpus(
     return CorpusEmbeddings(doc_ids=doc_ids, embeddings=emb, seconds=seconds)
 
 
+def default_corpus_cache() -> Path:
+    """The on-disk corpus-embedding cache that the CLI, the pipeline and ``train rl --eval`` share."""
+    from searchr3.backbone import cache_dir
+
+    return cache_dir() / "corpus-embeddings"
+
+
 def _cache_file(encoder: Any, doc_ids: list[str], texts: list[str], cache_dir: str | Path | None) -> Path | None:
     fingerprint = getattr(encoder, "fingerprint", None)
     if cache_dir is None or not callable(fingerprint):

@@ -76,9 +76,9 @@ class Pipeline:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        from .backbone import cache_dir
+        from .evaluation import default_corpus_cache
 
-        self.emb_cache = cache_dir() / "corpus-embeddings"
+        self.emb_cache = default_corpus_cache()
 
     # ------------------------------------------------------------------ stage bookkeeping
     def _stage(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:

@@ -61,9 +61,7 @@ def rl(
         from dataclasses import replace
 
         from searchr3 import SearchR3
-
-        from searchr3.backbone import cache_dir
-        from searchr3.evaluation import run_evaluation, write_results
+        from searchr3.evaluation import default_corpus_cache, run_evaluation, write_results
 
         models = {}
         if eval_init:
@@ -73,7 +71,7 @@ def rl(
         models["rl"] = SearchR3.from_pretrained(model_dir, bf16=bf16)
         systems = [(name, m, reasoning) for name, m in models.items() for reasoning in (False, True)]
         rows = run_evaluation(str(eval_data), "test", systems, show_progress_bar=True, max_docs=eval_docs,
-                              cache_dir=cache_dir() / "corpus-embeddings")
+                              cache_dir=default_corpus_cache())
         write_results(rows, out / "eval.json")
         for r in rows:
             typer.echo(json.dumps({k: r[k] for k in ("system", "reasoning", "ndcg@10", "recall@100", "mrr@10", "seconds_per_query")}))
