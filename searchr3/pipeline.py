@@ -64,6 +64,8 @@ class PipelineConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.eval_docs is None:
             self.eval_docs = PRESETS[self.preset]["eval_docs"]
+        if self.eval_docs < 0:
+            raise ValueError(f"eval_docs must be >= 0 (0 = the whole corpus), got {self.eval_docs}")
         self.eval_data = self.eval_data or str(Path(self.data) / "msmarco-mini")
         self.train_data = self.train_data or str(Path(self.data) / "scifact-2k")
         for p in (self.eval_data, self.train_data):

@@ -60,5 +60,7 @@ def test_presets_choose_the_evaluation_corpus(data):
 def test_pipeline_config_errors(tmp_path, data):
     with pytest.raises(ValueError, match="unknown preset"):
         PipelineConfig(preset="huge", data=str(data))
+    with pytest.raises(ValueError, match="eval_docs must be >= 0"):
+        PipelineConfig(data=str(data), eval_docs=-1)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         PipelineConfig(data=str(tmp_path / "nowhere"))
