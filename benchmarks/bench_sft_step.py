@@ -1,10 +1,13 @@
 """Seconds per SFT optimizer step and peak memory (RSS), default model and default batch config.
 
-    python benchmarks/bench_sft_step.py [--steps 3] [--warmup 1] [--out benchmarks/results/sft_step.json]
+    python benchmarks/bench_sft_step.py [--steps 3] [--warmup 1] [--lora-layers N] [--label NAME] [--out FILE]
 
-Reasoning traces for the timed batches come from ``--traces`` (a run's traces.jsonl) when given,
-else they are generated for just those batches (not timed). The load average is recorded because
-the machine may be shared: steps on a busy machine are slower than on an idle one.
+Every run sees the same batches (the default training mix, the trainer's seeded schedule, the
+default keyword traces), so two runs that differ in one setting (e.g. ``--lora-layers 0``, today's
+all-layer LoRA, against ``--lora-layers 10``) compare that setting alone; run them one after the
+other in one shell command and compare the ratio. Each run is its own process, so ``peak_rss_mb`` is
+that setting's peak. Results are stored under ``--label`` in ``--out`` (other labels are kept).
+The load average is recorded because the machine may be shared.
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import statistics
 import sys
@@ -27,10 +29,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--traces", type=Path, default=Path("runs/sft-default/traces.jsonl"))
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--lora-layers", type=int, default=None, help="LoRA on the top N layers (0 = all; default: the trainer's).")
+    ap.add_argument("--label", default="default")
     ap.add_argument("--model", default=None, help="Base model (default: built-in SmolLM2).")
-    ap.add_argument("--data", default=None, help="BEIR training folder (default: scifact-2k).")
+    ap.add_argument("--data", action="append", default=None, help="BEIR training folder, repeatable (default: the training mix).")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sft_step.json"))
     args = ap.parse_args()
 
@@ -38,22 +41,18 @@ def main() -> None:
 
     from searchr3 import SearchR3
     from searchr3.io import atomic_write_json
-    from searchr3.sft import SFTConfig, SFTTrainer, batch_indices, build_data, load_or_make_traces, prepare_model
+    from searchr3.sft import SFTConfig, SFTTrainer, build_data, make_traces, prepare_model
 
-    extra = {"data": [args.data]} if args.data else {}
+    extra = {"data": args.data} if args.data else {}
+    if args.lora_layers is not None:
+        extra["lora_layers"] = args.lora_layers
     cfg = SFTConfig(
         out=tempfile.mkdtemp(prefix="bench-sft-"), model=args.model, gradient_checkpointing=args.gradient_checkpointing, show_progress=False, eval_queries=0, **extra
     )
     data = build_data(cfg)
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
     n = args.warmup + args.steps
-    seen = {data.examples[i].query for s in range(n) for i in batch_indices(s, len(data.examples), cfg.batch_size, cfg.seed)}
-    rng = random.Random(cfg.seed)
-    chosen = [q for q in sorted({e.query for e in data.examples}) if rng.random() < cfg.reasoning_share and q in seen]
-    trace_file = Path(cfg.out) / "traces.jsonl"
-    if args.traces.is_file():
-        trace_file.write_text(args.traces.read_text())
-    traces = load_or_make_traces(m, chosen, trace_file, cfg.reasoning_tokens, show_progress=True)
+    traces = make_traces(m, cfg, data, Path(cfg.out))
     prepare_model(m, cfg)
     trainer = SFTTrainer(cfg, m, data, traces)
     times = []
@@ -64,6 +63,9 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         print(f"step {s + 1}: {time.perf_counter() - t0:.1f} s", flush=True)
     result = {
+        "label": args.label,
+        "lora_layers": cfg.lora_layers,
+        "sequences_per_step": {"traces_in_batch": sum(e.query in traces for s in range(n) for e in trainer.batch(s)) / n},
         "seconds_per_step": statistics.mean(times),
         "seconds_per_step_all": times,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -82,7 +84,11 @@ def main() -> None:
         "load_average_1min_at_end": os.getloadavg()[0],
         "machine": platform.processor() or platform.machine(),
     }
-    atomic_write_json(args.out, result)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if not isinstance(old, dict) or "seconds_per_step" in old:  # the single-result layout of earlier versions
+        old = {}
+    old[args.label] = result
+    atomic_write_json(args.out, old)
     print(json.dumps(result, indent=2))
 
 

@@ -32,11 +32,13 @@ train_app.command("rl")(rl_cmd.rl)
 class Reasoning(str, Enum):
     off = "off"
     on = "on"
+    mix = "mix"
     both = "both"
+    all = "all"
 
 
 def evaluate(
-    data: Path,
+    data: list[Path],
     split: str,
     model: Optional[str],
     reasoning: Reasoning,
@@ -63,13 +65,16 @@ def evaluate(
     if model != "none":
         m = SearchR3.from_pretrained(model, max_length=max_length)
         name = f"searchr3 ({model or 'smollm2'})"
-        modes = {"off": [False], "on": [True], "both": [False, True]}[reasoning.value]
+        modes = {"off": [False], "on": [True], "mix": ["mix"], "both": [False, True], "all": [False, True, "mix"]}[reasoning.value]
         systems += [(name, m, r) for r in modes]
     from searchr3.evaluation import default_corpus_cache
 
     emb_cache = default_corpus_cache() if cache else None
-    rows = run_evaluation(data, split, systems, batch_size=batch_size, show_progress_bar=True, cache_dir=emb_cache, max_docs=max_docs)
-    console.print(format_table(rows, title=title))
+    rows = []
+    for folder in data:
+        part = run_evaluation(folder, split, systems, batch_size=batch_size, show_progress_bar=True, cache_dir=emb_cache, max_docs=max_docs)
+        console.print(format_table(part, title=f"{part[0]['dataset']} ({split})" if len(data) > 1 else title))
+        rows += part
     if out is not None:
         write_results(rows, out)
         console.print(f"results written to {out}")
@@ -78,10 +83,10 @@ def evaluate(
 
 @app.command("eval")
 def eval_command(
-    data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
+    data: Annotated[list[Path], typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/); repeat to evaluate on several in one run.")],
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
     model: Annotated[Optional[str], typer.Option(help="Model folder, 'smollm2' (built-in, default) or 'none' for baselines only.")] = None,
-    reasoning: Annotated[Reasoning, typer.Option(help="Query encoding: direct (off), reasoning first (on), or both.")] = Reasoning.both,
+    reasoning: Annotated[Reasoning, typer.Option(help="Query encoding: direct (off), reasoning first (on), mix (0.6 direct + 0.4 reasoning), both (off and on) or all three.")] = Reasoning.both,
     baselines: Annotated[bool, typer.Option(help="Also evaluate BM25 and all-MiniLM-L6-v2.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Write the rows as JSON here.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -90,7 +95,7 @@ def eval_command(
     max_docs: Annotated[int, typer.Option(min=0, help="Evaluate on the corpus's first N documents only, qrels restricted to them (0 = all).")] = 0,
 ) -> None:
     """Retrieval quality (nDCG@10, Recall@100, MRR@10) on a BEIR folder."""
-    evaluate(data, split, model, reasoning, baselines, out, batch_size, max_length, title=f"{data.name} ({split})", cache=cache, max_docs=max_docs)
+    evaluate(data, split, model, reasoning, baselines, out, batch_size, max_length, title=f"{data[0].name} ({split})", cache=cache, max_docs=max_docs)
 
 
 class Preset(str, Enum):
@@ -102,9 +107,10 @@ class Preset(str, Enum):
 def pipeline(
     preset: Annotated[Preset, typer.Option(help="quick: under 15 min on 2 cores (evaluates on a 1,000-passage sub-corpus); full: longer training, whole corpus (1-2 h).")] = Preset.quick,
     out: Annotated[Path, typer.Option(help="Run folder; an interrupted pipeline resumes from it.")] = Path("runs/pipeline"),
-    data: Annotated[Path, typer.Option(help="Folder holding msmarco-mini (evaluation) and scifact-2k (training).")] = DEFAULT_DATA,
-    eval_data: Annotated[Optional[Path], typer.Option(help="BEIR folder to evaluate on (split test); default DATA/msmarco-mini.")] = None,
-    train_data: Annotated[Optional[Path], typer.Option(help="BEIR folder to train on (split train); default DATA/scifact-2k.")] = None,
+    data: Annotated[Path, typer.Option(help="Folder holding msmarco-mini and wikiqa-dev (evaluation), train/ (stage 1) and scifact-2k (stage 2).")] = DEFAULT_DATA,
+    eval_data: Annotated[Optional[list[Path]], typer.Option(help="BEIR folder to evaluate on (split test); repeatable; default DATA/msmarco-mini and DATA/wikiqa-dev.")] = None,
+    train_data: Annotated[Optional[list[Path]], typer.Option(help="BEIR folder for stage 1 (split train); repeatable; default the folders of DATA/train.")] = None,
+    rl_data: Annotated[Optional[Path], typer.Option(help="BEIR folder for stage 2 (split train); default DATA/scifact-2k.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Base model folder (default: built-in SmolLM2).")] = None,
 ) -> None:
     """The main job: zero-shot evaluation, stage 1 (SFT), stage 2 (RL), final evaluation, report and plots."""
@@ -115,7 +121,8 @@ def pipeline(
 
     cfg = PipelineConfig(
         out=str(out), preset=preset.value, data=str(data), model=model,
-        eval_data=str(eval_data) if eval_data else None, train_data=str(train_data) if train_data else None,
+        eval_data=[str(p) for p in eval_data] if eval_data else None, train_data=[str(p) for p in train_data] if train_data else None,
+        rl_data=str(rl_data) if rl_data else None,
     )
     run_pipeline(cfg)
     Console().print(Markdown((out / "results.md").read_text()))

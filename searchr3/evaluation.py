@@ -69,7 +69,7 @@ class Encoder(Protocol):
     ) -> np.ndarray: ...
 
 
-System = tuple[str, Encoder | Literal["bm25"], bool]  # (name, encoder or "bm25", reasoning)
+System = tuple[str, Encoder | Literal["bm25"], bool | str]  # (name, encoder or "bm25", query mode: False/True/"mix")
 
 
 @dataclass
@@ -255,12 +255,12 @@ def evaluate_encoder(
         raise ValueError("corpus_embeddings were computed for a different corpus")
     qids = _judged_ids(dataset)
     start = time.perf_counter()
-    query_emb = encoder.encode_query(
-        [dataset.queries[q] for q in qids],
-        batch_size=batch_size,
-        show_progress_bar=show_progress_bar,
-        reasoning=reasoning,
-    )
+    texts = [dataset.queries[q] for q in qids]
+    stats: dict[str, float] = {}
+    if hasattr(encoder, "encode_query_with_stats"):  # a searchr3 model: also report what reasoning did
+        query_emb, stats = encoder.encode_query_with_stats(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning)
+    else:
+        query_emb = encoder.encode_query(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning)
     query_seconds = time.perf_counter() - start
     query_emb = _as_numpy(query_emb)
     _check_embeddings(query_emb, len(qids), "query")
@@ -277,6 +277,7 @@ def evaluate_encoder(
         seconds_per_query=query_seconds / len(qids),
         retrieval_seconds=retrieval_seconds,
         corpus_seconds=corpus_embeddings.seconds,
+        **stats,
     )
 
 
@@ -364,7 +365,7 @@ def run_evaluation(
 def format_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
     """A rich table of result rows (as returned by :func:`run_evaluation`)."""
     table = Table(title=title)
-    for header in ("System", "Reasoning", "nDCG@10", "Recall@100", "MRR@10", "s/query", "Queries"):
+    for header in ("System", "Reasoning", "nDCG@10", "Recall@100", "MRR@10", "s/query", "emit", "tokens", "Queries"):
         if header == "System":
             table.add_column(header, overflow="fold")
         else:
@@ -372,12 +373,19 @@ def format_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) ->
     for row in rows:
         table.add_row(
             str(row["system"]),
-            "on" if row["reasoning"] else "off",
+            mode_label(row["reasoning"]),
             *(f"{row[m]:.4f}" for m in METRICS),
             f"{row['seconds_per_query']:.3g}",
+            f"{row['emit_rate']:.2f}" if "emit_rate" in row else "-",
+            f"{row['mean_new_tokens']:.1f}" if "mean_new_tokens" in row else "-",
             str(row["num_queries"]),
         )
     return table
+
+
+def mode_label(reasoning: bool | str) -> str:
+    """How a row's query mode is shown: off, on or mix."""
+    return reasoning if isinstance(reasoning, str) else ("on" if reasoning else "off")
 
 
 def write_results(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:

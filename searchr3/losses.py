@@ -12,18 +12,25 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(query: torch.Tensor, docs: torch.Tensor, positive: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+def info_nce(
+    query: torch.Tensor, docs: torch.Tensor, positive: torch.Tensor, temperature: float = 0.05, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy of picking ``docs[positive[i]]`` for ``query[i]`` among all ``docs``.
 
     ``docs`` holds every candidate of the batch (the positives of all queries, i.e. in-batch
     negatives, plus any hard negatives); similarities are cosine, divided by ``temperature``.
+    ``exclude`` (bool ``[B, N]``) removes candidates that are not negatives of a query (false
+    negatives such as another copy of its positive); a query's own positive is never excluded.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     if query.shape[0] != positive.shape[0]:
         raise ValueError(f"{query.shape[0]} queries but {positive.shape[0]} positive indices")
-    logits = F.normalize(query, dim=-1) @ F.normalize(docs, dim=-1).T / temperature
-    return F.cross_entropy(logits.float(), positive)
+    logits = (F.normalize(query, dim=-1) @ F.normalize(docs, dim=-1).T / temperature).float()
+    if exclude is not None:
+        keep_pos = F.one_hot(positive, docs.shape[0]).bool()
+        logits = logits.masked_fill(exclude.to(logits.device) & ~keep_pos, float("-inf"))
+    return F.cross_entropy(logits, positive)
 
 
 def triplet_margin(query: torch.Tensor, docs: torch.Tensor, positive: torch.Tensor, margin: float = 0.1, exclude: torch.Tensor | None = None) -> torch.Tensor:

@@ -44,6 +44,18 @@ class Rollouts:
     emitted: list[bool] = field(default_factory=list)  # did the model emit the token itself?
 
 
+QUERY_MODES = ("off", "on", "mix")
+
+
+def query_mode(reasoning: bool | str) -> str:
+    """Normalise a ``reasoning`` argument: ``False``/"off", ``True``/"on" or "mix" (see :meth:`SearchR3.encode_query`)."""
+    if reasoning is True or reasoning is False:
+        return "on" if reasoning else "off"
+    if isinstance(reasoning, str) and reasoning in QUERY_MODES:
+        return reasoning
+    raise ValueError(f"reasoning must be True, False or one of {QUERY_MODES}, got {reasoning!r}")
+
+
 def _as_list(texts: str | Sequence[str]) -> tuple[list[str], bool]:
     if isinstance(texts, str):
         return [texts], True
@@ -254,18 +266,57 @@ class SearchR3:
         items, single = _as_list(texts)
         if not items:
             return self._finish(torch.empty((0, self.hidden_size)), False, False, convert_to_numpy, convert_to_tensor)
-        if reasoning:
-            emb = self.reason(items, batch_size=batch_size, show_progress_bar=show_progress_bar, normalize_embeddings=False, **generation).embeddings
-        else:
-            if generation:
-                raise TypeError(f"generation settings {sorted(generation)} need reasoning=True")
-            ids = self.prompt_ids(items, kind)
-            emb = self._encode_ids(ids, batch_size, show_progress_bar, "encode queries" if kind == "query" else "encode documents")
+        mode = query_mode(reasoning)
+        if mode != "off" and kind != "query":
+            raise ValueError("reasoning is only defined for queries; documents are encoded directly")
+        emb, _ = self._query_or_document(items, kind, mode, batch_size, show_progress_bar, **generation)
         return self._finish(emb, single, normalize_embeddings, convert_to_numpy, convert_to_tensor)
 
-    def encode_query(self, texts: str | Sequence[str], *, reasoning: bool = False, **kwargs: Any):
-        """Embed search queries; with ``reasoning=True`` the model reasons first (see :meth:`reason`)."""
+    def encode_query(self, texts: str | Sequence[str], *, reasoning: bool | str = False, **kwargs: Any):
+        """Embed search queries in one of three modes:
+
+        * ``reasoning=False`` / ``"off"``: direct, one forward pass;
+        * ``reasoning=True`` / ``"on"``: the model reasons first, the embedding is read at the token
+          that ends its reasoning (see :meth:`reason`);
+        * ``"mix"``: ``mix_weight * direct + (1 - mix_weight) * reasoning`` (each L2-normalised first),
+          the reasoning part being the mean of ``samples`` rollouts (greedy when ``samples=1``, else
+          sampled at ``temperature``).
+        """
         return self.encode(texts, kind="query", reasoning=reasoning, **kwargs)
+
+    def encode_query_with_stats(
+        self, texts: Sequence[str], *, reasoning: bool | str = False, batch_size: int = 16, show_progress_bar: bool = False, **generation: Any
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Normalised query embeddings and what reasoning did: ``emit_rate`` (share of rollouts that wrote
+        the token themselves) and ``mean_new_tokens`` (tokens generated per rollout, the token included);
+        both are absent for direct encoding."""
+        items, _ = _as_list(texts)
+        emb, stats = self._query_or_document(items, "query", query_mode(reasoning), batch_size, show_progress_bar, **generation)
+        return torch.nn.functional.normalize(emb, dim=-1).numpy(), stats
+
+    def _query_or_document(
+        self, items: list[str], kind: Kind, mode: str, batch_size: int, show_progress_bar: bool,
+        mix_weight: float = 0.6, samples: int = 1, **generation: Any,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if mode == "off":
+            if generation:
+                raise TypeError(f"generation settings {sorted(generation)} need reasoning=True or 'mix'")
+            ids = self.prompt_ids(items, kind)
+            return self._encode_ids(ids, batch_size, show_progress_bar, "encode queries" if kind == "query" else "encode documents"), {}
+        if samples < 1:
+            raise ValueError("samples must be >= 1")
+        if not 0.0 <= mix_weight <= 1.0:
+            raise ValueError("mix_weight must be in [0, 1]")
+        if samples > 1:
+            generation.setdefault("do_sample", True)
+        ro = self.reason([t for t in items for _ in range(samples)], batch_size=batch_size, show_progress_bar=show_progress_bar, **generation)
+        stats = {"emit_rate": float(np.mean(ro.emitted)), "mean_new_tokens": float(np.mean([len(c) for c in ro.completion_ids]))}
+        reasoned = ro.embeddings.view(len(items), samples, -1).mean(1)
+        if mode == "on":
+            return reasoned, stats
+        direct = torch.nn.functional.normalize(self._encode_ids(self.prompt_ids(items, "query"), batch_size, False, "encode queries"), dim=-1)
+        reasoned = torch.nn.functional.normalize(reasoned, dim=-1)
+        return mix_weight * direct + (1.0 - mix_weight) * reasoned, stats
 
     def encode_document(self, texts: str | Sequence[str], **kwargs: Any):
         """Embed documents (always direct: one forward pass)."""

@@ -26,10 +26,10 @@ from .io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# The two presets. ``quick`` finishes in under 15 minutes on 2 idle cores: short training, a small
-# RL corpus, and evaluation on the first 1,000 msmarco-mini passages (42 of the 43 judged queries
-# keep a relevant passage there; every system sees the same sub-corpus). ``full`` trains longer,
-# runs stage 2 with the trainer's defaults (``searchr3 train rl``) and evaluates on the whole corpus.
+# The two presets. ``quick`` finishes in under 15 minutes on 2 idle cores: short training on the mix,
+# a small RL corpus, and evaluation on the first 1,000 passages of each development set (every system
+# sees the same sub-corpus). ``full`` trains longer, runs stage 2 with the trainer's defaults
+# (``searchr3 train rl``) and evaluates on the whole corpora.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "eval_docs": 1000,
@@ -39,36 +39,50 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "eval_docs": 0,
-        "sft": {"max_steps": 100, "batch_size": 16, "cloze": 400, "wordnet": 400, "eval_every": 25, "save_every": 10},
+        "sft": {"max_steps": 300, "batch_size": 16, "eval_every": 50, "save_every": 10},
         "rl": {},
     },
 }
+# The development sets, evaluated side by side (two domains; no training folder holds their queries).
+EVAL_SETS = ("msmarco-mini", "wikiqa-dev")
 
 
 @dataclass
 class PipelineConfig:
     out: str = "runs/pipeline"
     preset: str = "quick"
-    data: str = "../shared/data"  # holds msmarco-mini (evaluation) and scifact-2k (training)
-    eval_data: str | None = None  # default: <data>/msmarco-mini, split test
-    train_data: str | None = None  # default: <data>/scifact-2k, split train
+    data: str = "../shared/data"  # holds the development sets, train/ (the SFT mix) and scifact-2k (RL)
+    eval_data: list[str] | None = None  # BEIR folders, split test; default: <data>/msmarco-mini and <data>/wikiqa-dev
+    train_data: list[str] | None = None  # SFT folders, split train; default: the folders of <data>/train
+    rl_data: str | None = None  # RL folder, split train; default: <data>/scifact-2k
     model: str | None = None  # None = the built-in SmolLM2
     batch_size: int = 16
-    eval_docs: int | None = None  # evaluate on the first N corpus documents (None = the preset's, 0 = all)
+    eval_docs: int | None = None  # evaluate on the first N corpus documents of each set (None = the preset's, 0 = all)
     examples: int = 3  # queries whose reasoning text goes into examples.md
     sft: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's SFT settings
     rl: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's RL settings
 
     def __post_init__(self) -> None:
+        from .sft import default_training_folders
+
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.eval_docs is None:
             self.eval_docs = PRESETS[self.preset]["eval_docs"]
         if self.eval_docs < 0:
             raise ValueError(f"eval_docs must be >= 0 (0 = the whole corpus), got {self.eval_docs}")
-        self.eval_data = self.eval_data or str(Path(self.data) / "msmarco-mini")
-        self.train_data = self.train_data or str(Path(self.data) / "scifact-2k")
-        for p in (self.eval_data, self.train_data):
+        if not (self.eval_data and self.train_data and self.rl_data) and not Path(self.data).is_dir():
+            raise FileNotFoundError(f"data folder {self.data} does not exist")
+        if isinstance(self.eval_data, str):
+            self.eval_data = [self.eval_data]
+        if isinstance(self.train_data, str):
+            self.train_data = [self.train_data]
+        self.eval_data = [str(p) for p in self.eval_data] if self.eval_data else [str(Path(self.data) / n) for n in EVAL_SETS]
+        self.train_data = [str(p) for p in self.train_data] if self.train_data else default_training_folders(self.data)
+        self.rl_data = str(self.rl_data or Path(self.data) / "scifact-2k")
+        if not self.train_data:
+            raise FileNotFoundError(f"no training folders under {Path(self.data) / 'train'} (pass train_data)")
+        for p in [*self.eval_data, *self.train_data, self.rl_data]:
             if not Path(p).is_dir():
                 raise FileNotFoundError(f"data folder {p} does not exist")
 
@@ -99,10 +113,12 @@ class Pipeline:
     def _evaluate(self, systems: list, folder: Path) -> list[dict[str, Any]]:
         from .evaluation import run_evaluation, write_results
 
-        rows = run_evaluation(
-            self.cfg.eval_data, "test", systems, batch_size=self.cfg.batch_size, show_progress_bar=True,
-            cache_dir=self.emb_cache, max_docs=self.cfg.eval_docs,
-        )
+        rows = []
+        for data in self.cfg.eval_data:
+            rows += run_evaluation(
+                data, "test", systems, batch_size=self.cfg.batch_size, show_progress_bar=True,
+                cache_dir=self.emb_cache, max_docs=self.cfg.eval_docs,
+            )
         write_results(rows, folder / "results.json")
         return rows
 
@@ -122,7 +138,7 @@ class Pipeline:
         from .sft import SFTConfig, train_sft
 
         settings = {**PRESETS[self.cfg.preset]["sft"], **self.cfg.sft}
-        cfg = SFTConfig(out=str(folder), model=self.cfg.model, data=[self.cfg.train_data], **settings)
+        cfg = SFTConfig(out=str(folder), model=self.cfg.model, data=list(self.cfg.train_data), **settings)
         final = train_sft(cfg, resume=(folder / "config.json").is_file())
         return {"model": str(final)}
 
@@ -130,7 +146,7 @@ class Pipeline:
         from .grpo import GRPOConfig, train_rl
 
         settings = {**PRESETS[self.cfg.preset]["rl"], **self.cfg.rl}
-        cfg = GRPOConfig(out=str(folder), init=init, data=self.cfg.train_data, **settings)
+        cfg = GRPOConfig(out=str(folder), init=init, data=self.cfg.rl_data, **settings)
         final = train_rl(cfg, resume=(folder / "checkpoint").exists())
         return {"model": str(final)}
 
@@ -138,14 +154,14 @@ class Pipeline:
         from . import SearchR3
 
         sft, rl = SearchR3.from_pretrained(sft_model), SearchR3.from_pretrained(rl_model)
-        rows = self._evaluate([("searchr3 SFT", sft, False), ("searchr3 SFT", sft, True), ("searchr3 SFT+RL", rl, False), ("searchr3 SFT+RL", rl, True)], folder)
+        rows = self._evaluate([(name, m, mode) for name, m in (("searchr3 SFT", sft), ("searchr3 SFT+RL", rl)) for mode in (False, True, "mix")], folder)
         return {"rows": rows, "examples": self._examples({"zero-shot": None, "SFT+RL": rl})}
 
     def _examples(self, models: dict[str, Any]) -> list[dict[str, Any]]:
         from . import SearchR3
         from .data.beir import load_beir
 
-        ds = load_beir(self.cfg.eval_data, "test")
+        ds = load_beir(self.cfg.eval_data[0], "test")
         queries = [ds.queries[q] for q in ds.judged_query_ids()[: self.cfg.examples]]
         out = []
         for name, m in models.items():
@@ -180,22 +196,31 @@ class Pipeline:
         return summary
 
 
+def _stat(row: dict[str, Any], key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "–"
+
+
 def markdown_table(rows: list[dict[str, Any]], stage_seconds: dict[str, Any] | None = None) -> str:
-    lines = []
-    if rows:
-        r = rows[0]
-        lines += [f"Evaluated on {r['dataset']} ({r['split']}): {r['num_docs']} documents, {r['num_queries']} judged queries.", ""]
-    lines += [
-        "| system | reasoning | nDCG@10 | Recall@100 | MRR@10 | s/query |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['system']} | {'on' if r['reasoning'] else 'off'} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} | {r['mrr@10']:.4f} | {r['seconds_per_query']:.3g} |"
-        )
+    """One table per evaluation set (rows in their order), then the stage times."""
+    from .evaluation import mode_label
+
+    lines: list[str] = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        group = [r for r in rows if r["dataset"] == dataset]
+        r0 = group[0]
+        lines += [f"Evaluated on {dataset} ({r0['split']}): {r0['num_docs']} documents, {r0['num_queries']} judged queries.", ""]
+        lines += [
+            "| system | reasoning | nDCG@10 | Recall@100 | MRR@10 | s/query | emit rate | new tokens |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in group:
+            lines.append(
+                f"| {r['system']} | {mode_label(r['reasoning'])} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} | {r['mrr@10']:.4f} | {r['seconds_per_query']:.3g} | {_stat(r, 'emit_rate', '.2f')} | {_stat(r, 'mean_new_tokens', '.1f')} |"
+            )
+        lines.append("")
     if stage_seconds:
-        lines += ["", "Stage wall time (s): " + ", ".join(f"{k} {v}" for k, v in stage_seconds.items())]
-    return "\n".join(lines) + "\n"
+        lines += ["Stage wall time (s): " + ", ".join(f"{k} {v}" for k, v in stage_seconds.items())]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def markdown_examples(examples: list[dict[str, Any]]) -> str:
@@ -215,16 +240,22 @@ def plot_ndcg(rows: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .evaluation import mode_label
     from .io import atomic_write_bytes
 
-    labels = [f"{r['system']}{' +reasoning' if r['reasoning'] else ''}" for r in rows]
-    values = [r["ndcg@10"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
-    ax.barh(labels[::-1], values[::-1], color="tab:blue")
-    for y, v in enumerate(values[::-1]):
-        ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8)
-    ax.set_xlabel("nDCG@10")
-    ax.set_xlim(0, 1)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    per = max(sum(r["dataset"] == d for r in rows) for d in datasets)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 0.45 * per + 1.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        group = [r for r in rows if r["dataset"] == dataset]
+        labels = [f"{r['system']}{' +reasoning ' + mode_label(r['reasoning']) if r['reasoning'] else ''}" for r in group]
+        values = [r["ndcg@10"] for r in group]
+        ax.barh(labels[::-1], values[::-1], color="tab:blue")
+        for y, v in enumerate(values[::-1]):
+            ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8)
+        ax.set_xlabel("nDCG@10")
+        ax.set_xlim(0, 1)
+        ax.set_title(dataset, fontsize=9)
     fig.tight_layout()
     buf = BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -36,13 +36,24 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .data.mix import false_negative_mask
 from .data.sources import Example
 from .io import atomic_directory, atomic_write_json, atomic_write_text
 from .losses import info_nce, kl_to_reference, lm_loss, triplet_margin
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact-2k")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real training sets of ../shared/data/train (see its README), in this order when present.
+TRAIN_SETS = ("nq", "squad", "scifact", "medquad", "citint", "wikiqa")
+
+
+def default_training_folders(root: str | Path | None = None) -> list[str]:
+    """The training folders under ``root/train`` (default ``../shared/data``) that exist."""
+    base = Path(root) if root is not None else SHARED_DATA
+    return [str(base / "train" / n) for n in TRAIN_SETS if (base / "train" / n).is_dir()]
+
+
 # Settings that may change between an interrupted run and its resume (they don't change the result
 # of the steps already taken).
 _RESUMABLE = {"out", "max_steps", "eval_every", "save_every", "show_progress"}
@@ -69,18 +80,23 @@ class SFTConfig:
     out: str = "runs/sft-default"
     model: str | None = None  # None = built-in SmolLM2-135M-Instruct
     prompts: dict | None = None  # PromptConfig fields; None = the model's own (saved with the trained model)
-    data: list[str] = field(default_factory=lambda: [DEFAULT_DATA])  # BEIR folders with a training split
+    data: list[str] = field(default_factory=default_training_folders)  # BEIR folders with a training split: the mix
     split: str = "train"
-    cloze: int = 48  # inverse-cloze examples from the data folders' corpora
-    wordnet: int = 48  # definition -> word examples (0, or skipped with a warning if WordNet is absent)
-    hard_negatives: int = 1  # BM25 negatives per example
+    mix_alpha: float = 0.5  # source sampling probability ~ weight * size**mix_alpha (0 = uniform over sources, 1 = by size)
+    weights: dict[str, float] = field(default_factory=dict)  # per-source weight multipliers by folder name (default 1)
+    max_per_source: int = 0  # use at most this many queries of each folder (0 = all)
+    cloze: int = 0  # optional extra: inverse-cloze examples from the data folders' corpora
+    wordnet: int = 0  # optional extra: definition -> word examples (skipped with a warning if WordNet is absent)
+    hard_negatives: int = 1  # BM25 negatives per example, mined in the example's own folder
     eval_queries: int = 20  # queries of the first folder held out for periodic evaluation
     eval_docs: int = 200  # documents in the held-out evaluation corpus
     reasoning_share: float = 0.3  # share of training queries that also get a reasoning-trace example
-    reasoning_tokens: int = 48  # length limit of the cached reasoning traces
+    traces: str = "keywords"  # reasoning traces: "keywords" (terms of the positive the query lacks) or "model" (base model's own)
+    reasoning_tokens: int = 48  # length limit of the reasoning traces
     # model and optimisation
     lora_r: int = 16
     lora_alpha: int = 32
+    lora_layers: int = 12  # LoRA on the top N decoder layers only (0 = all, with the token row trainable); see prepare_model
     full_finetune: bool = False
     lr: float = 2e-4
     warmup_steps: int = 2
@@ -110,7 +126,7 @@ class SFTConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "lora_r", "query_tokens", "doc_tokens", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps"):
+        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps", "lora_layers", "max_per_source"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.reasoning_share <= 1.0:
@@ -120,7 +136,13 @@ class SFTConfig:
         if min(self.w_lm, self.w_kl, self.w_nce, self.w_triplet) < 0:
             raise ValueError("loss weights must be >= 0")
         if not self.data:
-            raise ValueError("no training data folder given")
+            raise ValueError("no training data folder given (and none found under ../shared/data/train)")
+        if self.traces not in ("keywords", "model"):
+            raise ValueError(f"traces must be 'keywords' or 'model', got {self.traces!r}")
+        if self.mix_alpha < 0:
+            raise ValueError("mix_alpha must be >= 0")
+        if any(not (w >= 0) for w in self.weights.values()):
+            raise ValueError(f"source weights must be >= 0, got {self.weights}")
         if self.batch_size == 1 and self.hard_negatives == 0:
             raise ValueError("batch_size=1 with hard_negatives=0 leaves the contrastive losses without negatives")
         self.data = [str(d) for d in self.data]
@@ -137,24 +159,32 @@ class SFTConfig:
 # ---------------------------------------------------------------------------------------- data
 @dataclass
 class TrainingData:
-    examples: list[Example]
+    sources: list[tuple[str, list[Example]]]  # (name, examples) per source of the mix
+    probabilities: list[float]  # sampling probability of each source
     eval_queries: dict[str, str]  # held-out query id -> text
     eval_corpus: dict[str, str]  # held-out document id -> text
     eval_qrels: dict[str, dict[str, int]]
 
+    @property
+    def examples(self) -> list[Example]:
+        return [ex for _, exs in self.sources for ex in exs]
+
 
 def build_data(cfg: SFTConfig) -> TrainingData:
-    """Training examples from every source, with a held-out slice of the first folder for evaluation."""
+    """One source per training folder (its qrels pairs, plus inverse-cloze pairs of its corpus if asked,
+    hard negatives mined in the same folder), WordNet as an optional extra source, and a held-out slice
+    of the first folder for evaluation."""
+    from .data.mix import source_weights
     from .data.sources import (
         add_bm25_negatives, beir_examples, cloze_examples, corpus_pool, load_training_folder, wordnet_available, wordnet_examples,
     )
 
     rng = random.Random(cfg.seed)
-    examples: list[Example] = []
+    sources: list[tuple[str, list[Example]]] = []
     held_q: dict[str, str] = {}
     held_docs: dict[str, str] = {}
     held_qrels: dict[str, dict[str, int]] = {}
-    for n, folder in enumerate(cfg.data):
+    for n, folder in enumerate(tqdm(cfg.data, desc="training data", disable=not cfg.show_progress, unit="folder")):
         ds = load_training_folder(folder, cfg.split)
         qids = [q for q in ds.qrels if any(s > 0 for s in ds.qrels[q].values())]
         held: list[str] = []
@@ -170,24 +200,35 @@ def build_data(cfg: SFTConfig) -> TrainingData:
             held_docs = {d: pool[d] for d in sorted(pos) + fill}
             held_q = {q: ds.queries[q] for q in held}
             held_qrels = {q: dict(ds.qrels[q]) for q in held}
-        train_q = [q for q in qids if q not in set(held)]
+        held_set = set(held)
+        train_q = [q for q in qids if q not in held_set]
+        if cfg.max_per_source and len(train_q) > cfg.max_per_source:
+            train_q = sorted(random.Random(cfg.seed + n).sample(train_q, cfg.max_per_source), key=qids.index)
         pool = {d: t for d, t in corpus_pool(ds).items() if d not in held_docs}
         exs = beir_examples(ds, train_q)
         if cfg.cloze:
             corpus = {d: ds.corpus[d] for d in pool}
             exs += cloze_examples(corpus, cfg.cloze // len(cfg.data), seed=cfg.seed + n, name=f"{ds.name}-cloze")
-        examples += add_bm25_negatives(exs, pool, cfg.hard_negatives, seed=cfg.seed + n)
+        sources.append((ds.name, add_bm25_negatives(exs, pool, cfg.hard_negatives, seed=cfg.seed + n)))
     if cfg.wordnet:
         if wordnet_available():
             wn = wordnet_examples(cfg.wordnet * 4, seed=cfg.seed)  # the extra ones are the negatives' pool
-            pool = {f"wn{i}": ex.positive for i, ex in enumerate(wn)}
-            wn = [Example(ex.query, ex.positive, source=ex.source, positive_ids=frozenset([f"wn{i}"])) for i, ex in enumerate(wn)]
-            examples += add_bm25_negatives(wn[: cfg.wordnet], pool, cfg.hard_negatives, seed=cfg.seed)
+            pool = {ex.positive_id: ex.positive for ex in wn}
+            sources.append(("wordnet", add_bm25_negatives(wn[: cfg.wordnet], pool, cfg.hard_negatives, seed=cfg.seed)))
         else:
             log.warning("WordNet is not installed (apt-get install wordnet-base): training without WordNet pairs")
-    if not examples:
+    names = [name for name, _ in sources]
+    if len(set(names)) != len(names):
+        raise SFTError(f"two training sources share a name: {names} (folder names must differ)")
+    unknown = set(cfg.weights) - set(names)
+    if unknown:
+        raise SFTError(f"weights name unknown sources {sorted(unknown)}; the sources are {names}")
+    sizes = [len(exs) for _, exs in sources]
+    if not sources or not sum(sizes):
         raise SFTError("no usable training examples")
-    return TrainingData(examples, held_q, held_docs, held_qrels)
+    multipliers = [cfg.weights.get(name, 1.0) for name in names]
+    probs = source_weights(sizes, [m * z**cfg.mix_alpha for m, z in zip(multipliers, sizes)])
+    return TrainingData(sources, probs.tolist(), held_q, held_docs, held_qrels)
 
 
 def data_digest(examples: Sequence[Example]) -> str:
@@ -197,20 +238,6 @@ def data_digest(examples: Sequence[Example]) -> str:
     for ex in examples:
         h.update(json.dumps([ex.query, ex.positive, list(ex.negatives)]).encode())
     return h.hexdigest()[:16]
-
-
-def batch_indices(step: int, n_examples: int, size: int, seed: int) -> list[int]:
-    """Example indices of optimizer step ``step``: consecutive slices of seeded per-epoch permutations.
-
-    A pure function of the step, so a resumed run sees exactly the batches the straight run saw.
-    """
-    out = []
-    for pos in range(step * size, (step + 1) * size):
-        epoch, i = divmod(pos, n_examples)
-        perm = list(range(n_examples))
-        random.Random(seed * 100_003 + epoch).shuffle(perm)
-        out.append(perm[i])
-    return out
 
 
 # ---------------------------------------------------------------------------------------- traces
@@ -239,10 +266,42 @@ def load_or_make_traces(m, queries: list[str], path: Path, max_new_tokens: int, 
     return {q: traces[q] for q in queries}
 
 
+def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path) -> dict[str, list[int]]:
+    """Traces for a seeded ``reasoning_share`` of the training queries, from ``cfg.traces`` (see :mod:`searchr3.traces`)."""
+    rng = random.Random(cfg.seed)
+    queries = sorted({ex.query for ex in data.examples})
+    chosen = {q for q in queries if rng.random() < cfg.reasoning_share}
+    if not chosen:
+        return {}
+    if cfg.traces == "model":
+        return load_or_make_traces(m, sorted(chosen), run / "traces.jsonl", cfg.reasoning_tokens, cfg.show_progress)
+    from .traces import keyword_traces
+
+    pairs = [(ex.query, ex.positive) for ex in data.examples if ex.query in chosen]
+    traces = keyword_traces(m, pairs, {ex.positive for ex in data.examples}, cfg.reasoning_tokens)
+    # Deterministic and cheap to rebuild; written for inspection (what the model is taught to write).
+    rows = (
+        json.dumps({"query": q, "trace": m.tokenizer.decode(ids[:-1]), "completion_ids": ids, "source": "keywords"}, ensure_ascii=False)
+        for q, ids in sorted(traces.items())
+    )
+    atomic_write_text(run / "traces.jsonl", "".join(r + "\n" for r in rows))
+    return traces
+
+
 # ---------------------------------------------------------------------------------------- model
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 def prepare_model(m, cfg: SFTConfig):
-    """Wrap ``m.model`` in LoRA (attention + MLP projections, the embedding token's row trainable) or
-    unfreeze it all; returns the frozen reference for full fine-tuning (None with LoRA)."""
+    """Wrap ``m.model`` in LoRA (attention + MLP projections) or unfreeze it all; returns the frozen
+    reference for full fine-tuning (None with LoRA).
+
+    With ``lora_layers = 0`` every layer gets LoRA and the embedding token's row is trainable. With
+    ``lora_layers = N`` only the top N layers do, and the token row stays as initialised: then no
+    tensor below those layers needs a gradient, so autograd keeps no activations of the lower layers
+    and the backward pass stops at the first adapted layer (the step's memory and backward time
+    shrink with N / layers).
+    """
     import copy
 
     ref = None
@@ -253,11 +312,14 @@ def prepare_model(m, cfg: SFTConfig):
     else:
         from peft import LoraConfig, get_peft_model
 
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         present = {name.rsplit(".", 1)[-1] for name, _ in m.model.named_modules()}
+        extra: dict[str, Any] = {"trainable_token_indices": [m.embed_token_id]}
+        n_layers = int(m.model.config.num_hidden_layers)
+        if cfg.lora_layers and cfg.lora_layers < n_layers:
+            extra = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)), "layers_pattern": "layers"}
         lcfg = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=[t for t in targets if t in present],
-            trainable_token_indices=[m.embed_token_id], task_type="CAUSAL_LM",
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=[t for t in LORA_TARGETS if t in present],
+            task_type="CAUSAL_LM", **extra,
         )
         m.model = get_peft_model(m.model, lcfg)
     if cfg.gradient_checkpointing:
@@ -280,6 +342,9 @@ class SFTTrainer:
 
         self.sched = get_linear_schedule_with_warmup(self.opt, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
         self.step = 0
+        from .data.mix import MixSchedule
+
+        self.schedule = MixSchedule([len(exs) for _, exs in data.sources], data.probabilities, cfg.seed)
         direct, header = m.template("query").tail, m.template("query", True).tail
         # The assistant turn of a direct prompt: the tail after the assistant header (fixed text + token).
         self.answer_len = len(direct) - len(header) if direct[: len(header)] == header else len(direct)
@@ -343,25 +408,31 @@ class SFTTrainer:
         kl_labels = labels.clone()
         kl_labels[:, 1][targets == m.embed_token_id] = -100
         pos = torch.tensor(owner)
-        exclude = torch.tensor([[docs[j] == exs[o].positive and j != o for j in range(len(docs))] for o in owner])
+        doc_ids = [ex.positive_id for ex in exs] + [n for ex in exs for n in (ex.negative_ids or ("",) * len(ex.negatives))]
+        exclude = torch.from_numpy(false_negative_mask(exs, owner, list(zip(doc_ids, docs))))
         out = {
             "lm": lm_loss(pair(logits), labels),
             "kl": kl_to_reference(pair(logits), pair(ref_logits), kl_labels) if ref_logits is not None else torch.zeros(()),
-            "nce": info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature),
+            "nce": info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, exclude=exclude),
             "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude),
         }
         out["loss"] = cfg.w_lm * out["lm"] + cfg.w_kl * out["kl"] + cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
         return out
 
+    def batch(self, step: int) -> list[Example]:
+        """The examples of optimizer step ``step`` (all micro-batches): a pure function of the step."""
+        pairs = self.schedule.batch(step, self.cfg.batch_size * self.cfg.grad_accum)
+        return [self.data.sources[s][1][i] for s, i in pairs]
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.m.model.train()
-        idx = batch_indices(self.step, len(self.data.examples), cfg.batch_size * cfg.grad_accum, cfg.seed)
+        drawn = self.batch(self.step)
         totals: dict[str, float] = {}
         self.opt.zero_grad(set_to_none=True)
         for a in range(cfg.grad_accum):
-            exs = [self.data.examples[i] for i in idx[a * cfg.batch_size : (a + 1) * cfg.batch_size]]
+            exs = drawn[a * cfg.batch_size : (a + 1) * cfg.batch_size]
             parts = self.loss(exs)
             if not torch.isfinite(parts["loss"]):
                 raise SFTError(
@@ -514,10 +585,7 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / "config.json", {"config": cfg.to_dict(), **meta})
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
-    rng = random.Random(cfg.seed)
-    queries = sorted({ex.query for ex in data.examples})
-    chosen = [q for q in queries if rng.random() < cfg.reasoning_share]
-    traces = load_or_make_traces(m, chosen, run / "traces.jsonl", cfg.reasoning_tokens, cfg.show_progress) if chosen else {}
+    traces = make_traces(m, cfg, data, run)
     ref = prepare_model(m, cfg)
     trainer = SFTTrainer(cfg, m, data, traces, ref)
     if has_ckpt:

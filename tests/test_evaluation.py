@@ -224,7 +224,7 @@ def test_run_evaluation_table_and_results_file(tiny_dir: Path, tmp_path: Path) -
         assert all(0.0 <= row[m] <= 1.0 for m in METRICS)
         assert "run" not in row
     table = format_table(rows, title="tiny")
-    assert table.row_count == 3 and len(table.columns) == 7
+    assert table.row_count == 3 and len(table.columns) == 9
     out = tmp_path / "results" / "tiny.json"
     write_results(rows, out)
     write_results(rows, out)  # overwrites in place

@@ -19,7 +19,10 @@ def data(tmp_path) -> Path:
     queries = {f"q{i}": f"what about {t}" for i, t in enumerate(TOPICS)}
     qrels = [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))]
     write_beir(tmp_path / "data" / "scifact-2k", docs, queries, qrels)
+    write_beir(tmp_path / "data" / "train" / "nq", docs, queries, qrels)
+    write_beir(tmp_path / "data" / "train" / "squad", docs, {q: t + " please" for q, t in queries.items()}, qrels)
     write_beir(tmp_path / "data" / "msmarco-mini", docs, queries, qrels, split="test")
+    write_beir(tmp_path / "data" / "wikiqa-dev", dict(list(docs.items())[:6]), queries, qrels[:6], split="test")
     return tmp_path / "data"
 
 
@@ -31,11 +34,14 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
         rl=dict(steps=1, queries_per_step=2, group=2, max_new_tokens=3, doc_max_length=64, bf16=False, show_progress_bar=False, env={"k": 4, "candidates": 4}),
     )
     summary = run_pipeline(cfg)
-    names = [(r["system"], r["reasoning"]) for r in summary["rows"]]
-    assert names == [
-        ("BM25", False), ("all-MiniLM-L6-v2", False), ("searchr3 zero-shot", False), ("searchr3 zero-shot", True),
-        ("searchr3 SFT", False), ("searchr3 SFT", True), ("searchr3 SFT+RL", False), ("searchr3 SFT+RL", True),
-    ]
+    names = [(r["dataset"], r["system"], r["reasoning"]) for r in summary["rows"]]
+    systems = [("BM25", False), ("all-MiniLM-L6-v2", False), ("searchr3 zero-shot", False), ("searchr3 zero-shot", True)]
+    trained = [(name, mode) for name in ("searchr3 SFT", "searchr3 SFT+RL") for mode in (False, True, "mix")]
+    sets = ["msmarco-mini", "wikiqa-dev"]
+    assert names == [(d, *s) for d in sets for s in systems] + [(d, *s) for d in sets for s in trained]
+    assert {r["num_docs"] for r in summary["rows"] if r["dataset"] == "wikiqa-dev"} == {6}
+    assert json.loads((tmp_path / "run" / "sft" / "config.json").read_text())["config"]["data"] == [
+        str(data / "train" / "nq"), str(data / "train" / "squad")]
     out = tmp_path / "run"
     for f in ("results.md", "results.json", "ndcg.png", "examples.md", "sft/log.jsonl", "rl/reward.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f

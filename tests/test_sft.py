@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from searchr3 import SearchR3
 from searchr3.plots import plot_curves
-from searchr3.sft import SFTConfig, SFTError, SFTTrainer, batch_indices, build_data, prepare_model, train_sft
+from searchr3.sft import SFTConfig, SFTError, SFTTrainer, build_data, prepare_model, train_sft
 from tests.conftest import REPO, build_tiny_model
 from tests.test_sources import write_beir
 
@@ -53,12 +53,6 @@ def tiny_cfg(out: Path, model_dir: Path, beir_dir: Path, **kw) -> SFTConfig:
 
 def trainable(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoint" / "state.pt", weights_only=False)["trainable"]
-
-
-def test_batches_are_a_pure_function_of_the_step():
-    seen = [i for s in range(5) for i in batch_indices(s, 10, 4, seed=3)]
-    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))  # each epoch once
-    assert batch_indices(3, 10, 4, seed=3) == batch_indices(3, 10, 4, seed=3) != batch_indices(3, 10, 4, seed=4)
 
 
 def test_training_lowers_the_loss_and_trains_the_token_row(tmp_path, model_dir, beir_dir):
@@ -222,3 +216,18 @@ def test_cli_sft(tmp_path, model_dir, beir_dir):
     res = runner.invoke(app, ["sft", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
     assert res.exit_code == 2 and "does not exist" in res.output
     assert "--reasoning-share" in runner.invoke(app, ["sft", "--help"]).output
+
+
+def test_top_layer_lora_trains_only_the_top_layers(tmp_path, model_dir, beir_dir):
+    """lora_layers=1 on the 2-layer model: adapters on layer 1 only, token row frozen, no gradient below."""
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, lora_layers=1)
+    m = SearchR3.from_pretrained(model_dir, prompts=cfg.prompts, bf16=False)
+    prepare_model(m, cfg)
+    names = [n for n, p in m.model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.1." in n and "lora_" in n for n in names), names
+    trainer = SFTTrainer(cfg, m, build_data(cfg), {})
+    first = trainer.train_step()
+    for _ in range(3):
+        last = trainer.train_step()
+    assert last["loss"] < first["loss"]
+    assert all(p.grad is None for n, p in m.model.named_parameters() if ".layers.0." in n)

@@ -9,7 +9,10 @@ import typer
 
 def sft(
     out: Path = typer.Option(Path("runs/sft-default"), "--out", help="Run folder (config, traces, log, checkpoint, final model, curves.png)."),
-    data: Optional[List[Path]] = typer.Option(None, "--data", help="BEIR folder with a training qrels split; repeat for several (default: ../shared/data/scifact-2k)."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="BEIR folder with a training qrels split; repeat for several (default: the six folders of ../shared/data/train)."),
+    weight: Optional[List[str]] = typer.Option(None, "--weight", help="Sampling weight multiplier of one source, NAME=W (folder name); repeatable."),
+    mix_alpha: float = typer.Option(0.5, "--mix-alpha", help="Source probability ~ weight * size**alpha (0 = uniform, 1 = by size)."),
+    max_per_source: int = typer.Option(0, "--max-per-source", help="Use at most N queries of each folder (0 = all)."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model: HF causal-LM folder or saved searchr3 model (default: built-in SmolLM2)."),
     split: str = typer.Option("train", "--split", help="qrels split to train on."),
     steps: int = typer.Option(12, "--steps", help="Optimizer steps (the default finishes in ~10-15 minutes on 2 idle cores)."),
@@ -17,12 +20,14 @@ def sft(
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     lr: float = typer.Option(2e-4, "--lr"),
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    lora_layers: int = typer.Option(12, "--lora-layers", help="LoRA on the top N layers only (0 = all layers + the token row)."),
     full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA (keeps a frozen copy for the KL term)."),
-    cloze: int = typer.Option(48, "--cloze", help="Inverse-cloze examples from the training corpora."),
-    wordnet: int = typer.Option(48, "--wordnet", help="WordNet definition -> word examples (needs wordnet-base)."),
+    cloze: int = typer.Option(0, "--cloze", help="Inverse-cloze examples from the training corpora."),
+    wordnet: int = typer.Option(0, "--wordnet", help="WordNet definition -> word examples (needs wordnet-base)."),
     hard_negatives: int = typer.Option(1, "--hard-negatives", help="BM25 hard negatives per example."),
     reasoning_share: float = typer.Option(0.3, "--reasoning-share", help="Share of queries also trained with a reasoning trace."),
     reasoning_tokens: int = typer.Option(48, "--reasoning-tokens", help="Length limit of the reasoning traces."),
+    traces: str = typer.Option("keywords", "--traces", help="Reasoning traces: keywords (terms of the positive the query lacks) or model (base model's own)."),
     query_tokens: int = typer.Option(64, "--query-tokens", help="Text tokens kept per query."),
     doc_tokens: int = typer.Option(128, "--doc-tokens", help="Text tokens kept per document."),
     temperature: float = typer.Option(0.02, "--temperature", help="InfoNCE temperature tau (0.02 won a sweep of 0.02/0.05/0.1)."),
@@ -41,11 +46,18 @@ def sft(
 ) -> None:
     """Supervised training: teach the model to end answers with <|embed_token|> and shape its embedding space."""
     from searchr3.data.beir import DataError
-    from searchr3.sft import DEFAULT_DATA, SFTConfig, SFTError, train_sft
+    from searchr3.sft import SFTConfig, SFTError, default_training_folders, train_sft
 
     try:
+        weights = {}
+        for item in weight or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--weight takes NAME=W, got {item!r}")
+            weights[name] = float(value)
         cfg = SFTConfig(
-            out=str(out), model=model, data=[str(d) for d in data] if data else [DEFAULT_DATA], split=split, max_steps=steps,
+            out=str(out), model=model, data=[str(d) for d in data] if data else default_training_folders(), split=split, max_steps=steps,
+            weights=weights, mix_alpha=mix_alpha, max_per_source=max_per_source, lora_layers=lora_layers, traces=traces,
             batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=2 * lora_r, full_finetune=full,
             cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
             reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,

@@ -35,6 +35,8 @@ class Example:
     negatives: tuple[str, ...] = ()
     source: str = ""
     positive_ids: frozenset[str] = field(default_factory=frozenset)
+    positive_id: str = ""  # id of ``positive`` ("" when unknown: then compared by text)
+    negative_ids: tuple[str, ...] = ()  # ids of ``negatives``, in order
 
 
 def load_training_folder(folder: str | Path, split: str = "train") -> BeirDataset:
@@ -62,7 +64,7 @@ def beir_examples(dataset: BeirDataset, query_ids: Sequence[str] | None = None) 
                 raise DataError(f"positive {did!r} of query {qid!r} is not in the corpus", dataset.name)
             text = doc_text(dataset.corpus[did])
             if dataset.queries[qid].strip() and text:
-                out.append(Example(dataset.queries[qid], text, source=dataset.name, positive_ids=positives))
+                out.append(Example(dataset.queries[qid], text, source=dataset.name, positive_ids=positives, positive_id=did))
     if not out:
         raise DataError(f"no usable (query, positive) pairs in split {dataset.split!r}", dataset.name)
     return out
@@ -92,7 +94,7 @@ def cloze_examples(corpus: Mapping[str, Mapping[str, str]], n: int, *, seed: int
         doc = corpus[did]
         title, text = (doc.get("title") or "").strip(), (doc.get("text") or "").strip()
         if title and text:
-            out.append(Example(title, text, source=name, positive_ids=frozenset([did])))
+            out.append(Example(title, text, source=name, positive_ids=frozenset([did]), positive_id=did))
             continue
         sents = split_sentences(text)
         choices = [i for i, s in enumerate(sents) if len(s.split()) >= min_words]
@@ -100,7 +102,7 @@ def cloze_examples(corpus: Mapping[str, Mapping[str, str]], n: int, *, seed: int
             continue
         i = rng.choice(choices)
         rest = " ".join(sents[:i] + sents[i + 1 :])
-        out.append(Example(sents[i], rest, source=name, positive_ids=frozenset([did])))
+        out.append(Example(sents[i], rest, source=name, positive_ids=frozenset([did]), positive_id=did))
     return out
 
 
@@ -139,7 +141,7 @@ def wordnet_examples(n: int, *, seed: int = 0, wordnet_dir: str | Path = WORDNET
                     synsets.append((f"{name}:{parsed[0]}", parsed[1], parsed[2]))
     rng = random.Random(seed)
     picked = rng.sample(synsets, min(n, len(synsets)))
-    return [Example(d, ", ".join(w), source="wordnet", positive_ids=frozenset([sid])) for sid, w, d in picked]
+    return [Example(d, ", ".join(w), source="wordnet", positive_ids=frozenset([sid]), positive_id=sid) for sid, w, d in picked]
 
 
 def add_bm25_negatives(
@@ -170,7 +172,7 @@ def add_bm25_negatives(
             d = rng.choice(ids)
             if ok(d) and d not in negs:
                 negs.append(d)
-        out.append(replace(ex, negatives=tuple(pool[d] for d in negs)))
+        out.append(replace(ex, negatives=tuple(pool[d] for d in negs), negative_ids=tuple(negs)))
     return out
 
 
