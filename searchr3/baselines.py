@@ -56,8 +56,6 @@ class MiniLMEncoder:
         """L2-normalised float32 rows, one per query."""
         return self._encode(texts, batch_size, show_progress_bar)
 
-    def encode_document(
-        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = False
-    ) -> np.ndarray:
+    def encode_document(self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
         """L2-normalised float32 rows, one per document."""
         return self._encode(texts, batch_size, show_progress_bar)

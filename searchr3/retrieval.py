@@ -138,8 +138,17 @@ class HnswGraph:
     """An hnswlib graph of labelled vectors. ``space`` is ``"cosine"`` or ``"ip"``; :meth:`search`
     returns similarities (``1 - distance``) in both. Adding an existing label replaces its vector."""
 
-    def __init__(self, dim: int, *, space: str = "cosine", max_elements: int = 1, M: int = 16,
-                 ef_construction: int = 200, seed: int = 100, _index: Any = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        space: str = "cosine",
+        max_elements: int = 1,
+        M: int = 16,
+        ef_construction: int = 200,
+        seed: int = 100,
+        _index: Any = None,
+    ) -> None:
         import hnswlib
 
         self.dim, self.space = dim, space
@@ -149,8 +158,16 @@ class HnswGraph:
         self._index = _index
 
     @classmethod
-    def build(cls, vectors: np.ndarray, *, space: str = "cosine", M: int = 16, ef_construction: int = 200,
-              seed: int = 100, num_threads: int = -1) -> "HnswGraph":
+    def build(
+        cls,
+        vectors: np.ndarray,
+        *,
+        space: str = "cosine",
+        M: int = 16,
+        ef_construction: int = 200,
+        seed: int = 100,
+        num_threads: int = -1,
+    ) -> "HnswGraph":
         """A graph of ``vectors`` labelled by row number."""
         g = cls(vectors.shape[1], space=space, max_elements=len(vectors), M=M, ef_construction=ef_construction, seed=seed)
         g.add(vectors, np.arange(len(vectors)), num_threads=num_threads)
@@ -181,8 +198,12 @@ class HnswGraph:
         self._index.set_ef(ef)
 
     def add(self, vectors: np.ndarray, labels: Sequence[int] | np.ndarray, *, num_threads: int = -1) -> None:
-        self._index.add_items(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(labels, dtype=np.int64),
-                              replace_deleted=False, num_threads=num_threads)
+        self._index.add_items(
+            np.ascontiguousarray(vectors, dtype=np.float32),
+            np.asarray(labels, dtype=np.int64),
+            replace_deleted=False,
+            num_threads=num_threads,
+        )
 
     def items(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
         return np.asarray(self._index.get_items(list(labels)), dtype=np.float32)

@@ -15,8 +15,7 @@ from searchr3.data import (
     judged_queries,
     load_beir,
 )
-
-from tests.conftest import shared_dataset  # noqa: E402
+from tests.conftest import shared_dataset
 
 CORPUS = [
     {"_id": "d1", "title": "Cats", "text": "Cats purr."},

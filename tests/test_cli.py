@@ -1,4 +1,5 @@
 """The command line end to end, always through the real entry point :func:`searchr3.cli.main`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,6 @@ import sys
 from enum import Enum
 from pathlib import Path
 
-import pytest
 import typer
 
 from searchr3.cli import app
@@ -28,10 +28,28 @@ def test_eval_command_writes_rows(tmp_path, tiny_model_dir, cli, monkeypatch):
     monkeypatch.setenv("SEARCHR3_CACHE", str(tmp_path / "cache"))
     data = write_beir(tmp_path / "beir")
     out = tmp_path / "res.json"
-    res = cli("eval", "--data", data, "--model", tiny_model_dir, "--reasoning", "both", "--baselines", "--out", out, "--max-length", "400")
+    res = cli(
+        "eval",
+        "--data",
+        data,
+        "--model",
+        tiny_model_dir,
+        "--reasoning",
+        "both",
+        "--baselines",
+        "--out",
+        out,
+        "--max-length",
+        "400",
+    )
     assert res.code == 0, res.err[-3000:]
     rows = json.loads(out.read_text())
-    assert [(r["system"].split(" ")[0], r["reasoning"]) for r in rows] == [("BM25", False), ("all-MiniLM-L6-v2", False), ("searchr3", False), ("searchr3", True)]
+    assert [(r["system"].split(" ")[0], r["reasoning"]) for r in rows] == [
+        ("BM25", False),
+        ("all-MiniLM-L6-v2", False),
+        ("searchr3", False),
+        ("searchr3", True),
+    ]
     assert all(r["num_queries"] == 4 and 0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
     assert "nDCG@10" in res.out
 
@@ -57,7 +75,10 @@ def _bad_inputs(tmp: Path, beir: Path, model: Path) -> list[tuple[list, str]]:
         (["train", "rl", "--data", missing, "--out", tmp / "o3"], "does not exist"),
         (["train", "rl", "--data", beir, "--refresh", "sometimes", "--out", tmp / "o4"], "refresh must be one of"),
         (["train", "rl", "--data", beir, "--group", "1", "--out", tmp / "o5"], "--group"),
-        (["train", "rl", "--data", beir, "--split", "test", "--resume", "--out", tmp / "o6", "--init", model], "no run to resume"),
+        (
+            ["train", "rl", "--data", beir, "--split", "test", "--resume", "--out", tmp / "o6", "--init", model],
+            "no run to resume",
+        ),
         (["train", "rl", "--data", beir, "--out", tmp / "o7", "--init", model], "no qrels for split 'train'"),
         (["index", "build", "--corpus", missing, "--out", tmp / "i1", "--model", model], "does not exist"),
         (["index", "build", "--corpus", corpus, "--out", tmp, "--model", model], "already exists"),
@@ -89,9 +110,14 @@ def test_every_bad_input_is_one_error_line_and_exit_code_2(tmp_path, tiny_model_
 
 def test_a_subprocess_sees_the_same(tmp_path):
     """The console script's path: ``python -m searchr3.cli`` (no test harness in between)."""
-    proc = subprocess.run([sys.executable, "-m", "searchr3.cli", "eval", "--data", str(tmp_path / "nodata"), "--model", "none"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nodata'}: dataset folder does not exist"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "searchr3.cli", "eval", "--data", str(tmp_path / "nodata"), "--model", "none"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nodata'}: dataset folder does not exist"
+    ]
     proc = subprocess.run([sys.executable, "-m", "searchr3.cli", "search", "idx"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: Missing argument")
     assert "Traceback" not in proc.stderr

@@ -29,9 +29,7 @@ from searchr3.evaluation import (
     top_k,
     write_results,
 )
-from tests.conftest import write_beir
-
-from tests.conftest import shared_dataset  # noqa: E402
+from tests.conftest import shared_dataset, write_beir
 
 
 class HashingEncoder:

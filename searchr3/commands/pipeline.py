@@ -32,9 +32,9 @@ def pipeline(
         ),
     ] = Preset.quick,
     out: Annotated[Path, typer.Option(help="Run folder; an interrupted pipeline resumes from it.")] = Path("runs/pipeline"),
-    data: Annotated[
-        Path, typer.Option(help="Folder holding msmarco-mini (evaluation) and scifact-2k (training).")
-    ] = Path("../shared/data"),
+    data: Annotated[Path, typer.Option(help="Folder holding msmarco-mini (evaluation) and scifact-2k (training).")] = Path(
+        "../shared/data"
+    ),
     eval_data: Annotated[
         Optional[Path], typer.Option(help="BEIR folder to evaluate on (split test); default DATA/msmarco-mini.")
     ] = None,

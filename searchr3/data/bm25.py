@@ -40,9 +40,7 @@ class BM25Retriever:
             show_progress=show_progress_bar,
         )
 
-    def index(
-        self, corpus: Mapping[str, Mapping[str, str]], *, show_progress_bar: bool = False
-    ) -> None:
+    def index(self, corpus: Mapping[str, Mapping[str, str]], *, show_progress_bar: bool = False) -> None:
         """Build the index over ``corpus`` (doc id -> {"title", "text"})."""
         import bm25s
 
@@ -57,25 +55,17 @@ class BM25Retriever:
         self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         self._bm25.index(tokens, show_progress=show_progress_bar)
 
-    def search(
-        self, queries: Mapping[str, str], k: int = 100, *, show_progress_bar: bool = False
-    ) -> dict[str, dict[str, float]]:
+    def search(self, queries: Mapping[str, str], k: int = 100, *, show_progress_bar: bool = False) -> dict[str, dict[str, float]]:
         """Top-``k`` run ``{qid: {doc id: score}}``, leaving out documents that score 0."""
         if self._bm25 is None:
             raise RuntimeError("call index() before search()")
         qids = list(queries)
         if not qids:
             return {}
-        tokens = self._tokenize(
-            [queries[q] for q in qids], ids=False, show_progress_bar=show_progress_bar
-        )
+        tokens = self._tokenize([queries[q] for q in qids], ids=False, show_progress_bar=show_progress_bar)
         k = min(k, len(self.doc_ids))
         docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=show_progress_bar)
         return {
-            qid: {
-                self.doc_ids[d]: float(s)
-                for d, s in zip(row_docs, row_scores, strict=True)
-                if s > 0
-            }
+            qid: {self.doc_ids[d]: float(s) for d, s in zip(row_docs, row_scores, strict=True) if s > 0}
             for qid, row_docs, row_scores in zip(qids, docs.tolist(), scores.tolist(), strict=True)
         }
