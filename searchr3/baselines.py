@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,16 +46,9 @@ class MiniLMEncoder:
         )
         return np.asarray(emb, dtype=np.float32)
 
-    def encode_query(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = False,
-        reasoning: bool = False,
-    ) -> np.ndarray:
-        """L2-normalised float32 rows, one per query."""
-        return self._encode(texts, batch_size, show_progress_bar)
+    def encode_query(self, texts: Sequence[str], *, reasoning: bool = False, **kwargs: Any) -> np.ndarray:
+        """L2-normalised float32 rows, one per query: encoded as documents are (``reasoning`` is ignored)."""
+        return self.encode_document(texts, **kwargs)
 
     def encode_document(self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
         """L2-normalised float32 rows, one per document."""

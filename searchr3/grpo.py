@@ -43,27 +43,33 @@ class GRPOConfig:
     """Settings of one RL run. The defaults took 12.8 minutes on 2 idle CPU cores (the `full` pipeline
     preset's stage 2, see the README), about 5 of them the initial corpus encode."""
 
+    # the run
     out: str = "runs/rl-default"
     init: str | None = None  # SFT checkpoint (None = the built-in base model)
     data: str = "../shared/data/scifact-2k"  # BEIR folder: training queries + qrels + corpus
     split: str = "train"
     steps: int = 10
+    # rollouts: G per query, sampled
     queries_per_step: int = 4
-    group: int = 4  # G rollouts per query
+    group: int = 4
     max_new_tokens: int = 48
     sampling_temperature: float = 1.0  # of the rollouts (the contrastive term's tau is nce_temperature)
     top_p: float = 1.0
+    # the update: a LoRA adapter on the initial model (which stays the KL reference), AdamW
     lr: float = 5e-5
     lora_r: int = 8
     lora_alpha: int = 16
+    max_grad_norm: float = 1.0
+    # the loss: clipped surrogate + kl_coef * k3 KL + nce_coef * InfoNCE(tau = nce_temperature)
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     nce_coef: float = 0.5
     nce_temperature: float = 0.05
-    max_grad_norm: float = 1.0
-    doc_max_length: int = 256  # documents are encoded at this length in the environment
+    # the corpus in the environment
+    doc_max_length: int = 256  # documents are encoded at this length
     corpus_limit: int = 0  # keep only the first N documents plus every judged one (0 = all)
     encode_batch_size: int = 16
+    # bookkeeping
     save_every: int = 5
     seed: int = 0
     bf16: bool = True
