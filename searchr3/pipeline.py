@@ -8,6 +8,7 @@ The training stages are run folders (:mod:`searchr3.runs`): config first, checkp
 
 Output::
 
+    config.json              the settings, written first; a re-run with other ones is refused
     zero_shot/results.json   base model (reasoning off/on), BM25, MiniLM
     sft/                     stage 1 run folder (log.jsonl, curves.png, final/)
     rl/                      stage 2 run folder (log.jsonl, reward.png, final/)
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .io import atomic_write_json, atomic_write_text
-from .runs import holds_run
+from .runs import RunFolder, holds_run
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         from .retrieval import default_corpus_cache
 
         self.emb_cache = default_corpus_cache()
@@ -159,8 +159,17 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ driver
+    def prepare(self) -> None:
+        """Open ``out`` as a run folder (:class:`~searchr3.runs.RunFolder`): its ``config.json`` is written
+        before any stage runs, and a re-run with other settings, or into a folder of something else, is
+        refused instead of mixing stages of two configurations."""
+        legacy = self.out / "pipeline.json"  # the settings file of pipelines run before config.json
+        if legacy.is_file() and not holds_run(self.out):
+            atomic_write_json(self.out / "config.json", {"kind": "pipeline", "config": json.loads(legacy.read_text())})
+        RunFolder(self.out, "pipeline", asdict(self.cfg), resumable={"out"}).open(resume=holds_run(self.out))
+
     def run(self) -> dict[str, Any]:
-        atomic_write_json(self.out / "pipeline.json", asdict(self.cfg))
+        self.prepare()
         zero = self._stage("zero_shot", self.zero_shot)
         sft = self._stage("sft", self.sft)
         rl = self._stage("rl", lambda f: self.rl(f, sft["model"]))

@@ -58,6 +58,24 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     assert [r["ndcg@10"] for r in again["rows"]] == pytest.approx([r["ndcg@10"] for r in summary["rows"]], abs=1e-6)
 
 
+def test_a_rerun_with_other_settings_is_refused(tmp_path, data, tiny_model_dir):
+    from searchr3.pipeline import Pipeline
+    from searchr3.runs import RunError
+
+    cfg = PipelineConfig(out=str(tmp_path / "run"), data=str(data), model=str(tiny_model_dir))
+    Pipeline(cfg).prepare()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["preset"] == "quick"
+    Pipeline(cfg).prepare()  # the same settings: a resume
+    with pytest.raises(RunError, match="different settings"):
+        Pipeline(PipelineConfig(out=cfg.out, data=str(data), model=str(tiny_model_dir), preset="full")).prepare()
+    with pytest.raises(RunError, match="different settings"):
+        Pipeline(PipelineConfig(out=cfg.out, data=str(data), model=str(tiny_model_dir), sft={"max_steps": 3})).prepare()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("keep me")
+    with pytest.raises(RunError, match="not a searchr3 pipeline run folder"):
+        Pipeline(PipelineConfig(out=str(tmp_path / "foreign"), data=str(data))).prepare()
+
+
 def test_presets_choose_the_evaluation_corpus(data):
     assert PipelineConfig(data=str(data)).eval_docs == 1000  # quick: a sub-corpus
     assert PipelineConfig(data=str(data), preset="full").eval_docs == 0  # full: the whole corpus
