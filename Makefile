@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 
-.PHONY: install system-deps quickstart test clean
+.PHONY: install system-deps quickstart test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,14 @@ system-deps:
 quickstart: install
 	$(BIN)/searchr3 pipeline --preset quick --data $(DATA) --out runs/quickstart
 
-test: install
+# Lint and format checks first (ruff comes with the `test` extra), then the tests. The tests need
+# ../shared/data (DATA): without it they fail rather than skip.
+test: install lint
 	$(BIN)/python -m pytest -q -x --durations=15
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

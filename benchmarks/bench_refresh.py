@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ def main() -> None:
     cfg = GRPOConfig(out=args.work, init=args.init, data=args.data, steps=args.steps, queries_per_step=args.queries,
                      group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, doc_max_length=args.max_length,
                      corpus_limit=args.docs, save_every=10**9, env=env_cfg)
+    shutil.rmtree(args.work, ignore_errors=True)  # a scratch run folder: a run folder is never reused without --resume
     trainer = GRPOTrainer(cfg)
     truth_env = trainer.env
     n = truth_env.size

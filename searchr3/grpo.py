@@ -18,6 +18,7 @@ functions only see decoded text and its loss has no hook for a second term.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -30,10 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .env import EnvConfig, RetrievalEnv, model_encoder
-from .io import atomic_directory, atomic_write_json, atomic_write_text
 from .losses import info_nce
+from .runs import RunFolder
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Settings that may change between an interrupted run and its resume (they don't change the steps taken).
+_RESUMABLE = {"out", "steps", "save_every", "show_progress_bar"}
 
 
 @dataclass
@@ -41,28 +43,33 @@ class GRPOConfig:
     """Settings of one RL run. The defaults took 12.8 minutes on 2 idle CPU cores (the `full` pipeline
     preset's stage 2, see the README), about 5 of them the initial corpus encode."""
 
+    # the run
     out: str = "runs/rl-default"
     init: str | None = None  # SFT checkpoint (None = the built-in base model)
     data: str = "../shared/data/scifact-2k"  # BEIR folder: training queries + qrels + corpus
     split: str = "train"
     steps: int = 10
+    # rollouts: G per query, sampled
     queries_per_step: int = 4
-    group: int = 4  # G rollouts per query
+    group: int = 4
     max_new_tokens: int = 48
-    temperature: float = 1.0
+    sampling_temperature: float = 1.0  # of the rollouts (the contrastive term's tau is nce_temperature)
     top_p: float = 1.0
+    # the update: a LoRA adapter on the initial model (which stays the KL reference), AdamW
     lr: float = 5e-5
     lora_r: int = 8
     lora_alpha: int = 16
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    max_grad_norm: float = 1.0
+    # the loss: clipped surrogate + kl_coef * k3 KL + nce_coef * InfoNCE(tau = nce_temperature)
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     nce_coef: float = 0.5
     nce_temperature: float = 0.05
-    max_grad_norm: float = 1.0
-    doc_max_length: int = 256  # documents are encoded at this length in the environment
+    # the corpus in the environment
+    doc_max_length: int = 256  # documents are encoded at this length
     corpus_limit: int = 0  # keep only the first N documents plus every judged one (0 = all)
     encode_batch_size: int = 16
+    # bookkeeping
     save_every: int = 5
     seed: int = 0
     bf16: bool = True
@@ -77,10 +84,12 @@ class GRPOConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.group < 2:
             raise ValueError("group must be >= 2: advantages are relative to the group")
-        if self.max_new_tokens < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("need max_new_tokens >= 1, temperature > 0 and 0 < top_p <= 1")
-        if self.lr <= 0 or self.clip_eps <= 0 or self.kl_coef < 0 or self.nce_coef < 0:
-            raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0")
+        if self.max_new_tokens < 1 or self.sampling_temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("need max_new_tokens >= 1, sampling_temperature > 0 and 0 < top_p <= 1")
+        if self.lr <= 0 or self.clip_eps <= 0 or self.kl_coef < 0 or self.nce_coef < 0 or self.nce_temperature <= 0:
+            raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
+        if self.doc_max_length < 16 or self.corpus_limit < 0:
+            raise ValueError("need doc_max_length >= 16 and corpus_limit >= 0")
 
 
 # ---------------------------------------------------------------------- data
@@ -99,6 +108,12 @@ def load_training_data(cfg: GRPOConfig):
     if not queries:
         raise ValueError(f"{cfg.data}/{cfg.split}: no judged query has a relevant document in the corpus")
     return queries, ds.qrels, doc_ids, [doc_text(ds.corpus[d]) for d in doc_ids]
+
+
+def data_digest(queries: dict[str, str], qrels: dict, doc_ids: list[str], doc_texts: list[str]) -> str:
+    """Identify the training data, so that a resume with other data is refused."""
+    blob = json.dumps([queries, {q: qrels[q] for q in queries}, doc_ids, doc_texts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def batch_queries(query_ids: list[str], step: int, per_step: int, seed: int) -> list[str]:
@@ -159,20 +174,26 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps: float, kl_co
 
 # ---------------------------------------------------------------------- trainer
 class GRPOTrainer:
-    """Holds the model (LoRA-wrapped), optimizer and environment of one run; :meth:`train` runs it."""
+    """Holds the model (LoRA-wrapped), optimizer and environment of one run; :meth:`train` runs it.
 
-    def __init__(self, cfg: GRPOConfig, model=None) -> None:
+    The run folder (:class:`~searchr3.runs.RunFolder`) is checked and its ``config.json`` written
+    before the model is loaded; with ``resume`` the checkpoint is loaded here."""
+
+    def __init__(self, cfg: GRPOConfig, model=None, *, resume: bool = False) -> None:
         from peft import LoraConfig, get_peft_model
 
         from . import SearchR3
+        from .backbone import lora_targets, model_source
 
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.queries, self.qrels, self.doc_ids, self.doc_texts = load_training_data(cfg)
+        meta = {"init": model_source(cfg.init), "data_digest": data_digest(self.queries, self.qrels, self.doc_ids, self.doc_texts)}
+        self.folder = RunFolder(cfg.out, "RL", asdict(cfg), meta, resumable=_RESUMABLE)
+        has_checkpoint = self.folder.open(resume)
         m = model if model is not None else SearchR3.from_pretrained(cfg.init, bf16=cfg.bf16)
         self.merged_init = hasattr(m.model, "peft_config")
         if self.merged_init:  # an SFT adapter: it becomes the reference, the RL adapter goes on top
@@ -183,29 +204,22 @@ class GRPOTrainer:
         encode = model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length)
         self.env = self._initial_env(encode)
         m.model = get_peft_model(m.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                     target_modules=cfg.lora_targets, task_type="CAUSAL_LM"))
+                                                     target_modules=lora_targets(m.model), task_type="CAUSAL_LM"))
         self.params = [p for p in m.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.step = 0
-        self.log_path = self.out / "log.jsonl"
+        self.log_path = self.folder.log_path
+        if has_checkpoint:
+            self.load_checkpoint()
 
     def _initial_env(self, encode) -> RetrievalEnv:
-        """The corpus index of the initial model, cached in the run folder by model fingerprint."""
-        cache = self.out / f"corpus-{self._corpus_key()}.npz"
-        if cache.exists():
-            env = RetrievalEnv.load(cache, encode, self.cfg.env)
-            if env.doc_ids == self.doc_ids:
-                return env
-        env = RetrievalEnv(self.doc_ids, encode, self.cfg.env)
-        env.save(cache)
-        return env
+        """The corpus index of the initial model; its embeddings are cached in the run folder by model
+        fingerprint, document length and corpus (:func:`searchr3.retrieval.cached_encode`)."""
+        from .retrieval import cached_encode
 
-    def _corpus_key(self) -> str:
-        """Identify (model weights and prompts, document length, corpus) for the initial-encode cache."""
-        import hashlib
-
-        h = hashlib.sha256(json.dumps([self.doc_ids, self.cfg.doc_max_length, self.model.fingerprint()]).encode())
-        return h.hexdigest()[:16]
+        fingerprint = f"{self.model.fingerprint()}|doc_max_length={self.cfg.doc_max_length}"
+        emb = cached_encode(encode, self.doc_ids, self.doc_texts, fingerprint=fingerprint, cache_dir=self.out / "corpus-embeddings")
+        return RetrievalEnv(self.doc_ids, encode, self.cfg.env, embeddings=emb.embeddings)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -213,36 +227,20 @@ class GRPOTrainer:
         from peft import get_peft_model_state_dict
 
         state = {
-            "step": self.step,
             "adapter": get_peft_model_state_dict(self.model.model, save_embedding_layers=False),
             "optimizer": self.opt.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "config": asdict(self.cfg),
         }
-        path = self.out / "checkpoint"
-        with atomic_directory(path) as tmp:
-            torch.save(state, tmp / "trainer.pt")
-            self.env.save(tmp / "env.npz")
-        return path
+        return self.folder.save_checkpoint(self.step, state, lambda tmp: self.env.save(tmp / "env.npz"))
 
     def load_checkpoint(self) -> None:
-        """Resume from ``out/checkpoint``; log rows past its step are dropped."""
+        """Resume from ``out/checkpoint`` (weights, optimizer, RNG states, step, environment)."""
         from peft import set_peft_model_state_dict
 
-        path = self.out / "checkpoint"
-        if not (path / "trainer.pt").exists():
-            raise FileNotFoundError(f"no checkpoint to resume in {path}")
-        state = torch.load(path / "trainer.pt", weights_only=False)
+        state = self.folder.load_checkpoint()
         set_peft_model_state_dict(self.model.model, state["adapter"])
         self.opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        self.env = RetrievalEnv.load(path / "env.npz", self.env.encode, self.cfg.env)
-        self.step = state["step"]
-        if self.log_path.exists():
-            rows = [r for r in self.log_path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
-            atomic_write_text(self.log_path, "".join(r + "\n" for r in rows))
+        self.env = RetrievalEnv.load(self.folder.checkpoint / "env.npz", self.env.encode, self.cfg.env)
+        self.step = int(state["step"])
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, Any]:
@@ -251,7 +249,7 @@ class GRPOTrainer:
         qids = batch_queries(list(self.queries), self.step, cfg.queries_per_step, cfg.seed)
         rep = [q for q in qids for _ in range(cfg.group)]
         m.model.eval()
-        ro = m.reason([self.queries[q] for q in rep], batch_size=len(rep), do_sample=True, temperature=cfg.temperature,
+        ro = m.reason([self.queries[q] for q in rep], batch_size=len(rep), do_sample=True, temperature=cfg.sampling_temperature,
                       top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 100003 + self.step)
         t_gen = time.perf_counter() - t0
         res = env.step(rep, ro.embeddings.numpy(), [self.qrels[q] for q in rep], ro.emitted)
@@ -272,9 +270,11 @@ class GRPOTrainer:
         best = torch.tensor([col[max(p, key=lambda d: (p[d], -d))] for p in res.positives])
         nce = info_nce(emb, torch.from_numpy(env.emb[docs]), best, cfg.nce_temperature)
         total = loss + cfg.nce_coef * nce
+        self.folder.check_finite(self.step + 1, "loss", total, pg=pg, kl=kl, nce=nce)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.folder.check_finite(self.step + 1, "gradient norm", grad_norm)
         self.opt.step()
         m.model.eval()
         stats = env.refresh()
@@ -289,20 +289,20 @@ class GRPOTrainer:
         }
 
     def train(self) -> Path:
-        """Run the remaining steps (checkpoint every ``save_every``), save the model, plot the curves."""
+        """Run the remaining steps (checkpoint every ``save_every``), save the model to ``out/final``,
+        plot the curves."""
         cfg = self.cfg
+        self.folder.reset_log(self.step)  # drop rows past the checkpoint
         bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not cfg.show_progress_bar)
         while self.step < cfg.steps:
             row = self.train_step()
-            with self.log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.folder.log(row)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.4f}", enc=row["encoded"])
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
-        final = self.model.save_pretrained(self.out / "model", merge=self.merged_init)
-        atomic_write_json(self.out / "config.json", asdict(cfg))
+        final = self.model.save_pretrained(self.folder.final, merge=self.merged_init)
         from .plots import plot_curves
 
         plot_curves(self.log_path, self.out / "reward.png", ["reward", "mean_rank", "kl", "nce", "encoded"])
@@ -310,10 +310,5 @@ class GRPOTrainer:
 
 
 def train_rl(cfg: GRPOConfig, *, resume: bool = False, model=None) -> Path:
-    """Train (or resume) one RL run; returns the saved model folder ``out/model``."""
-    trainer = GRPOTrainer(cfg, model)
-    if resume:
-        trainer.load_checkpoint()
-    elif trainer.log_path.exists():
-        trainer.log_path.unlink()
-    return trainer.train()
+    """Train (or with ``resume`` continue) one RL run; returns the saved model folder ``out/final``."""
+    return GRPOTrainer(cfg, model, resume=resume).train()

@@ -16,7 +16,6 @@ Building encodes in chunks saved under ``<out>.partial/``: an interrupted build 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .io import atomic_directory, atomic_write_bytes, atomic_write_json
+from .io import atomic_directory, atomic_write_json
+from .retrieval import HnswGraph, cached_encode, doc_text, exact_top_k
 
 FORMAT_VERSION = 1
 META, DOCS, HNSW_FILE, VECTORS_FILE = "meta.json", "docs.jsonl", "index.bin", "vectors.npy"
@@ -97,7 +96,7 @@ def read_corpus(path: str | Path) -> list[Doc]:
 
 
 def _read_beir(folder: Path) -> list[Doc]:
-    from .data.beir import DataError, available_splits, doc_text, load_beir
+    from .data.beir import DataError, available_splits, load_beir
 
     if not (folder / "corpus.jsonl").is_file():
         raise CorpusError(f"{folder}: not a BEIR folder (no corpus.jsonl)")
@@ -129,8 +128,10 @@ def _read_jsonl(path: Path) -> list[Doc]:
             if did in seen:
                 raise CorpusError(f"{path}:{n}: duplicate id {did!r}")
             seen.add(did)
-            title = rec.get("title") or ""
-            docs.append(Doc(did, f"{title} {rec['text']}".strip() if title else rec["text"]))
+            title = rec.get("title")
+            if title is not None and not isinstance(title, str):
+                raise CorpusError(f"{path}:{n}: 'title' must be a string")
+            docs.append(Doc(did, doc_text({"title": title or "", "text": rec["text"]})))
     if not docs:
         raise CorpusError(f"{path}: no documents")
     return docs
@@ -144,7 +145,7 @@ class Index:
         self.meta = meta
         self.docs = docs
         self._vectors = vectors if vectors is not None else np.zeros((0, meta.dim), np.float32)
-        self._graph = graph  # hnswlib.Index when backend == "hnsw"
+        self._graph: HnswGraph | None = graph  # when backend == "hnsw"
         self._ids = {d.id for d in docs}
 
     @classmethod
@@ -187,18 +188,13 @@ class Index:
             self._vectors = np.zeros((0, self.meta.dim), np.float32)
             self.meta.backend = "hnsw"
         elif self.meta.backend == "hnsw":
-            self._graph.resize_index(self.meta.count)
-            self._graph.add_items(vectors, np.arange(start, self.meta.count))
+            self._graph.resize(self.meta.count)
+            self._graph.add(vectors, np.arange(start, self.meta.count))
         else:
             self._vectors = np.concatenate([self._vectors, vectors])
 
-    def _build_graph(self, vectors: np.ndarray):
-        import hnswlib
-
-        g = hnswlib.Index(space="cosine", dim=self.meta.dim)
-        g.init_index(max_elements=max(len(vectors), 1), ef_construction=self.meta.hnsw_ef_construction, M=self.meta.hnsw_m)
-        g.add_items(vectors, np.arange(len(vectors)))
-        return g
+    def _build_graph(self, vectors: np.ndarray) -> HnswGraph:
+        return HnswGraph.build(vectors, space="cosine", M=self.meta.hnsw_m, ef_construction=self.meta.hnsw_ef_construction)
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Top-``k`` hits (cosine) for each row of ``queries`` ([n, dim] or [dim])."""
@@ -212,14 +208,9 @@ class Index:
             return [[] for _ in q]
         if self.meta.backend == "hnsw":
             self._graph.set_ef(max(2 * k, 64))
-            labels, dist = self._graph.knn_query(q, k=k)
-            scores = 1.0 - dist
+            labels, scores = self._graph.search(q, k)
         else:
-            sims = q @ self._vectors.T
-            labels = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            part = np.take_along_axis(sims, labels, 1)
-            order = np.argsort(-part, axis=1, kind="stable")
-            labels, scores = np.take_along_axis(labels, order, 1), np.take_along_axis(part, order, 1)
+            scores, labels = exact_top_k(q, self._vectors, k)
         return [
             [Hit(r + 1, self.docs[int(i)].id, float(s), self.docs[int(i)].text or None) for r, (i, s) in enumerate(zip(row_l, row_s))]
             for row_l, row_s in zip(labels, scores)
@@ -228,7 +219,7 @@ class Index:
     def vectors(self) -> np.ndarray:
         """All stored vectors in document order."""
         if self.meta.backend == "hnsw":
-            return np.asarray(self._graph.get_items(np.arange(len(self.docs))), dtype=np.float32)
+            return self._graph.items(np.arange(len(self.docs)))
         return self._vectors
 
     def check_model(self, model: Any) -> None:
@@ -249,7 +240,7 @@ class Index:
             lines = (json.dumps({"id": d.id, "text": d.text} if self.meta.store_text else {"id": d.id}, ensure_ascii=False) for d in self.docs)
             (tmp / DOCS).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             if self.meta.backend == "hnsw":
-                self._graph.save_index(str(tmp / HNSW_FILE))
+                self._graph.save(tmp / HNSW_FILE)
             else:
                 np.save(tmp / VECTORS_FILE, self._vectors)
             atomic_write_json(tmp / META, asdict(self.meta))
@@ -266,17 +257,14 @@ class Index:
         if len(docs) != meta.count:
             raise IndexFormatError(f"{path / DOCS}: {len(docs)} documents but meta.json says {meta.count}")
         if meta.backend == "hnsw":
-            import hnswlib
-
             if not (path / HNSW_FILE).is_file():
                 raise IndexFormatError(f"index {path} is missing {HNSW_FILE}")
-            graph = hnswlib.Index(space="cosine", dim=meta.dim)
             try:
-                graph.load_index(str(path / HNSW_FILE), max_elements=max(meta.count, 1))
+                graph = HnswGraph.load(path / HNSW_FILE, meta.dim, space="cosine", max_elements=meta.count)
             except RuntimeError as e:
                 raise IndexFormatError(f"{path / HNSW_FILE} is corrupted: {e}") from None
-            if graph.get_current_count() != meta.count:
-                raise IndexFormatError(f"{path / HNSW_FILE} holds {graph.get_current_count()} vectors, expected {meta.count}")
+            if len(graph) != meta.count:
+                raise IndexFormatError(f"{path / HNSW_FILE} holds {len(graph)} vectors, expected {meta.count}")
             return cls(meta, docs, graph=graph)
         try:
             vectors = np.load(path / VECTORS_FILE, allow_pickle=False)
@@ -324,31 +312,17 @@ def _read_docs(path: Path) -> list[Doc]:
 def encode_documents(
     model: Any, docs: Sequence[Doc], *, batch_size: int = 16, chunk_size: int = 256, work_dir: Path | None = None, show_progress_bar: bool = True
 ) -> np.ndarray:
-    """Encode documents chunk by chunk; with ``work_dir``, finished chunks are kept there and reused on restart."""
-    if work_dir is not None:
-        key = hashlib.sha256((model.fingerprint() + "\n".join(d.id + "\t" + d.text for d in docs)).encode()).hexdigest()[:16]
-        work_dir = work_dir / key  # a different model or corpus never reuses stale chunks
-        work_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    starts = range(0, len(docs), chunk_size)
-    for s in tqdm(starts, desc="encode documents", unit="chunk", disable=not show_progress_bar):
-        chunk_file = work_dir / f"chunk-{s:09d}.npy" if work_dir is not None else None
-        if chunk_file is not None and chunk_file.is_file():
-            out.append(np.load(chunk_file))
-            continue
-        emb = model.encode_document([d.text for d in docs[s : s + chunk_size]], batch_size=batch_size)
-        if chunk_file is not None:
-            atomic_write_bytes(chunk_file, _npy_bytes(emb))
-        out.append(emb)
-    return np.concatenate(out) if out else np.zeros((0, model.hidden_size), np.float32)
+    """Encode documents chunk by chunk through :func:`searchr3.retrieval.cached_encode`: with ``work_dir``,
+    finished chunks are kept there (by model fingerprint and corpus) and reused on restart."""
+    if not docs:
+        return np.zeros((0, model.hidden_size), np.float32)
+    texts = [d.text for d in docs]
 
+    def encode(positions: list[int]) -> np.ndarray:
+        return model.encode_document([texts[i] for i in positions], batch_size=batch_size)
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
+    return cached_encode(encode, [d.id for d in docs], texts, fingerprint=model.fingerprint(), cache_dir=work_dir,
+                         chunk_size=chunk_size, show_progress_bar=show_progress_bar).embeddings
 
 
 def build_index(

@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -97,14 +97,15 @@ class SearchR3:
         name_or_path: str | os.PathLike | None = None,
         *,
         prompts: PromptConfig | dict | None = None,
-        max_length: int = 512,
+        max_length: int | None = None,
         bf16: bool = True,
         dtype: torch.dtype = torch.float32,
     ) -> "SearchR3":
         """Load the built-in SmolLM2 (``None`` or ``"smollm2"``), a HF causal-LM folder or a saved searchr3 model.
 
         Prompts come from, in order: the ``prompts`` argument, the saved model's ``searchr3.json``,
-        the defaults in :mod:`searchr3.prompts`.
+        the defaults in :mod:`searchr3.prompts`. ``max_length`` likewise: the argument, the saved
+        model's, then 512.
         """
         if isinstance(prompts, dict):
             prompts = PromptConfig.from_dict(prompts)
@@ -113,8 +114,8 @@ class SearchR3:
         if prompts is None:
             prompts = PromptConfig.from_dict(meta["prompts"]) if meta else PromptConfig()
         base = meta.get("base_model") if meta and meta.get("adapter") else model_source(name_or_path)
-        if meta and "max_length" in meta and max_length == 512:
-            max_length = int(meta["max_length"])
+        if max_length is None:
+            max_length = int(meta["max_length"]) if meta and "max_length" in meta else 512
         return cls(model, tokenizer, token_id, prompts, base_model=base, max_length=max_length, bf16=bf16)
 
     def save_pretrained(self, path: str | os.PathLike, *, merge: bool = False) -> Path:

@@ -3,13 +3,15 @@
 Every stage writes into its own folder under ``out`` and leaves a ``done.json`` when it finished;
 a re-run skips finished stages, and the training stages resume from their last checkpoint, so an
 interrupted pipeline continues where it stopped. Corpus embeddings are cached per model
-fingerprint (see :func:`searchr3.evaluation.encode_corpus`), so no model encodes a corpus twice.
+fingerprint (see :func:`searchr3.retrieval.cached_encode`), so no model encodes a corpus twice.
+The training stages are run folders (:mod:`searchr3.runs`): config first, checkpoints, ``final/``.
 
 Output::
 
+    config.json              the settings, written first; a re-run with other ones is refused
     zero_shot/results.json   base model (reasoning off/on), BM25, MiniLM
     sft/                     stage 1 run folder (log.jsonl, curves.png, final/)
-    rl/                      stage 2 run folder (log.jsonl, reward.png, model/)
+    rl/                      stage 2 run folder (log.jsonl, reward.png, final/)
     final/results.json       SFT and SFT+RL models, reasoning off/on
     results.md, results.json the table of everything; ndcg.png (bars); examples.md (reasoning text)
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .io import atomic_write_json, atomic_write_text
+from .runs import RunFolder, holds_run
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +94,7 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        from .evaluation import default_corpus_cache
+        from .retrieval import default_corpus_cache
 
         self.emb_cache = default_corpus_cache()
 
@@ -139,7 +141,7 @@ class Pipeline:
 
         settings = {**PRESETS[self.cfg.preset]["sft"], **self.cfg.sft}
         cfg = SFTConfig(out=str(folder), model=self.cfg.model, data=list(self.cfg.train_data), **settings)
-        final = train_sft(cfg, resume=(folder / "config.json").is_file())
+        final = train_sft(cfg, resume=holds_run(folder))
         return {"model": str(final)}
 
     def rl(self, folder: Path, init: str) -> dict[str, Any]:
@@ -147,7 +149,7 @@ class Pipeline:
 
         settings = {**PRESETS[self.cfg.preset]["rl"], **self.cfg.rl}
         cfg = GRPOConfig(out=str(folder), init=init, data=self.cfg.rl_data, **settings)
-        final = train_rl(cfg, resume=(folder / "checkpoint").exists())
+        final = train_rl(cfg, resume=holds_run(folder))
         return {"model": str(final)}
 
     def final(self, folder: Path, sft_model: str, rl_model: str) -> dict[str, Any]:
@@ -173,8 +175,17 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ driver
+    def prepare(self) -> None:
+        """Open ``out`` as a run folder (:class:`~searchr3.runs.RunFolder`): its ``config.json`` is written
+        before any stage runs, and a re-run with other settings, or into a folder of something else, is
+        refused instead of mixing stages of two configurations."""
+        legacy = self.out / "pipeline.json"  # the settings file of pipelines run before config.json
+        if legacy.is_file() and not holds_run(self.out):
+            atomic_write_json(self.out / "config.json", {"kind": "pipeline", "config": json.loads(legacy.read_text())})
+        RunFolder(self.out, "pipeline", asdict(self.cfg), resumable={"out"}).open(resume=holds_run(self.out))
+
     def run(self) -> dict[str, Any]:
-        atomic_write_json(self.out / "pipeline.json", asdict(self.cfg))
+        self.prepare()
         zero = self._stage("zero_shot", self.zero_shot)
         sft = self._stage("sft", self.sft)
         rl = self._stage("rl", lambda f: self.rl(f, sft["model"]))

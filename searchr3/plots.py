@@ -1,7 +1,6 @@
 """Training curves from a JSONL log, drawn with matplotlib (Agg backend: no display needed)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from io import BytesIO
@@ -12,19 +11,10 @@ from .io import atomic_write_bytes
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a JSONL log, one per non-blank line (a torn last line is skipped)."""
-    rows = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:  # a crash can leave half a last line; anything else is corrupt
-                continue
-            raise ValueError(f"{path}:{n + 1}: not valid JSON") from None
-    return rows
+    """The JSON objects of a JSONL log (:func:`searchr3.runs.read_rows`: only a torn last line is dropped)."""
+    from .runs import read_rows
+
+    return read_rows(path)
 
 
 def plot_curves(jsonl_log_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str], *, x: str = "step") -> Path:

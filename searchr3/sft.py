@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 
 from .data.mix import false_negative_mask
 from .data.sources import Example
-from .io import atomic_directory, atomic_write_json, atomic_write_text
 from .losses import info_nce, kl_to_reference, lm_loss, triplet_margin
+from .io import atomic_write_text
+from .runs import RunError, RunFolder, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,7 @@ def default_training_folders(root: str | Path | None = None) -> list[str]:
 _RESUMABLE = {"out", "max_steps", "eval_every", "save_every", "show_progress"}
 
 
-class SFTError(RuntimeError):
-    """A training run that cannot start or go on (bad run folder, non-finite loss)."""
+SFTError = RunError  # a training run that cannot start or go on (bad run folder, non-finite loss)
 
 
 @dataclass
@@ -247,13 +247,8 @@ def load_or_make_traces(m, queries: list[str], path: Path, max_new_tokens: int, 
     Cached in ``path`` (JSONL, appended per batch) so a resumed run never regenerates them.
     """
     traces: dict[str, list[int]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a kill: regenerated below
-            traces[row["query"]] = row["completion_ids"]
+    for row in read_rows(path):  # a torn last line from a kill is dropped and regenerated below
+        traces[row["query"]] = row["completion_ids"]
     todo = [q for q in dict.fromkeys(queries) if q not in traces]
     chunk = 16
     for s in tqdm(range(0, len(todo), chunk), desc="reasoning traces", disable=not show_progress or not todo):
@@ -289,7 +284,6 @@ def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path) -> dict[str, l
 
 
 # ---------------------------------------------------------------------------------------- model
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def prepare_model(m, cfg: SFTConfig):
@@ -312,13 +306,14 @@ def prepare_model(m, cfg: SFTConfig):
     else:
         from peft import LoraConfig, get_peft_model
 
-        present = {name.rsplit(".", 1)[-1] for name, _ in m.model.named_modules()}
+        from .backbone import lora_targets
+
         extra: dict[str, Any] = {"trainable_token_indices": [m.embed_token_id]}
         n_layers = int(m.model.config.num_hidden_layers)
         if cfg.lora_layers and cfg.lora_layers < n_layers:
             extra = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)), "layers_pattern": "layers"}
         lcfg = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=[t for t in LORA_TARGETS if t in present],
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=lora_targets(m.model),
             task_type="CAUSAL_LM", **extra,
         )
         m.model = get_peft_model(m.model, lcfg)
@@ -331,9 +326,11 @@ def prepare_model(m, cfg: SFTConfig):
 class SFTTrainer:
     """The supervised loop over one run folder."""
 
-    def __init__(self, cfg: SFTConfig, m, data: TrainingData, traces: dict[str, list[int]], ref_model=None) -> None:
+    def __init__(self, cfg: SFTConfig, m, data: TrainingData, traces: dict[str, list[int]], ref_model=None,
+                 folder: RunFolder | None = None) -> None:
         self.cfg, self.m, self.data, self.traces, self.ref = cfg, m, data, traces, ref_model
         self.run = Path(cfg.out)
+        self.folder = folder or RunFolder(cfg.out, "SFT", cfg.to_dict())
         self.params = [p for p in m.model.parameters() if p.requires_grad]
         if not self.params:
             raise SFTError("the model has no trainable parameters")
@@ -434,17 +431,12 @@ class SFTTrainer:
         for a in range(cfg.grad_accum):
             exs = drawn[a * cfg.batch_size : (a + 1) * cfg.batch_size]
             parts = self.loss(exs)
-            if not torch.isfinite(parts["loss"]):
-                raise SFTError(
-                    f"step {self.step + 1}: loss is {parts['loss'].item()} ({ {k: v.item() for k, v in parts.items()} }); "
-                    f"stopped without saving; the last good checkpoint is in {self.run / 'checkpoint'}"
-                )
+            self.folder.check_finite(self.step + 1, "loss", parts["loss"], **{k: v for k, v in parts.items() if k != "loss"})
             (parts["loss"] / cfg.grad_accum).backward()
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v.item() / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise SFTError(f"step {self.step + 1}: gradient norm is {grad_norm.item()}; stopped without saving")
+        self.folder.check_finite(self.step + 1, "gradient norm", grad_norm)
         self.opt.step()
         self.sched.step()
         self.step += 1
@@ -485,39 +477,25 @@ class SFTTrainer:
         return {n: p.detach().clone() for n, p in self.m.model.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self) -> None:
-        with atomic_directory(self.run / "checkpoint") as tmp:
-            self.m.save_pretrained(tmp / "model")
-            torch.save(
-                {
-                    "step": self.step,
-                    "trainable": self.trainable_state(),
-                    "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                },
-                tmp / "state.pt",
-            )
-            atomic_write_json(tmp / "state.json", {"step": self.step})
+        state = {"trainable": self.trainable_state(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+        self.folder.save_checkpoint(self.step, state, lambda tmp: self.m.save_pretrained(tmp / "model"))
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run / "checkpoint" / "state.pt", weights_only=False)
+        state = self.folder.load_checkpoint()
         missing = set(self.trainable_state()) - set(state["trainable"])
         if missing:
             raise SFTError(f"{self.run}/checkpoint does not match this model: missing {sorted(missing)[:3]}")
         self.m.model.load_state_dict(state["trainable"], strict=False)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
         self.step = int(state["step"])
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
-        cfg, logp = self.cfg, self.run / "log.jsonl"
-        keep = [r for r in _read_rows(logp) if r.get("step", 0) <= self.step] if self.step else []
-        atomic_write_text(logp, "".join(json.dumps(r) + "\n" for r in keep))  # drop rows past the checkpoint
+        cfg, logp = self.cfg, self.folder.log_path
+        self.folder.reset_log(self.step)  # drop rows past the checkpoint
         if self.step == 0 and cfg.eval_every:
-            self._log(logp, {"step": 0, **self.evaluate()})
+            self.folder.log({"step": 0, **self.evaluate()})
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sft", disable=not cfg.show_progress, unit="step")
         while self.step < cfg.max_steps:
             row = self.train_step()
@@ -525,17 +503,13 @@ class SFTTrainer:
             bar.set_postfix(loss=f"{row['loss']:.3f}", nce=f"{row['nce']:.3f}")
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                 row.update(self.evaluate())
-            self._log(logp, row)
+            self.folder.log(row)
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
-        final = self.m.save_pretrained(self.run / "final")
+        final = self.m.save_pretrained(self.folder.final)
         self._plot(logp)
         return final
-
-    def _log(self, path: Path, row: dict) -> None:
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
 
     def _plot(self, logp: Path) -> None:
         from .plots import plot_curves
@@ -546,31 +520,7 @@ class SFTTrainer:
             log.warning("no plot: %s", e)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    from .plots import read_log
-
-    return read_log(path) if path.is_file() else []
-
-
 # ---------------------------------------------------------------------------------------- driver
-def _check_run_dir(cfg: SFTConfig, resume: bool, meta: dict) -> bool:
-    """Validate the run folder; returns whether there is a checkpoint to resume from."""
-    run = Path(cfg.out)
-    cfg_path = run / "config.json"
-    if cfg_path.is_file():
-        if not resume:
-            raise SFTError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
-        old = json.loads(cfg_path.read_text())
-        diffs = {k: (old.get("config", {}).get(k), v) for k, v in cfg.to_dict().items() if k not in _RESUMABLE and old.get("config", {}).get(k) != v}
-        diffs.update({k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v})
-        if diffs:
-            raise SFTError(f"{run} is a run of different settings or another model; differences (old, new): {diffs}")
-        return (run / "checkpoint" / "state.pt").is_file()
-    if run.exists() and any(run.iterdir()):
-        raise SFTError(f"{run} exists and is not a searchr3 SFT run folder: refusing to write into it")
-    return False
-
-
 def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     """Run (or with ``resume`` continue) supervised training; returns the final model folder."""
     from . import SearchR3
@@ -580,14 +530,13 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     random.seed(cfg.seed)
     data = build_data(cfg)
     meta = {"base_model": model_source(cfg.model), "data_digest": data_digest(data.examples)}
-    has_ckpt = _check_run_dir(cfg, resume, meta)
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", {"config": cfg.to_dict(), **meta})
+    folder = RunFolder(cfg.out, "SFT", cfg.to_dict(), meta, resumable=_RESUMABLE)
+    has_ckpt = folder.open(resume)
+    run = folder.path
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
     traces = make_traces(m, cfg, data, run)
     ref = prepare_model(m, cfg)
-    trainer = SFTTrainer(cfg, m, data, traces, ref)
+    trainer = SFTTrainer(cfg, m, data, traces, ref, folder)
     if has_ckpt:
         trainer.load_checkpoint()
         log.info("resumed %s at step %d", run, trainer.step)

@@ -13,6 +13,7 @@ Two sources:
 A trace is stored as completion token ids ending with the embedding token, the same layout the
 reasoning encoder (:meth:`searchr3.SearchR3.reason`) produces.
 """
+
 from __future__ import annotations
 
 import math

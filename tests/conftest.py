@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny random chat models built in the test, and the shared data folder."""
+"""Shared test helpers: tiny random chat models, small BEIR folders, the shared data folder, and
+``cli``, which runs the real entry point (:func:`searchr3.cli.main`) in-process."""
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,8 +66,63 @@ def tiny(tiny_model_dir):
     return SearchR3.from_pretrained(tiny_model_dir, bf16=False, max_length=400)
 
 
+def shared_dataset(name: str) -> Path:
+    """A dataset of ``../shared/data``. Its absence fails the test: CI must never go green without it."""
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.fail(f"shared dataset not found at {folder} (expected ../shared/data next to the repo)", pytrace=False)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA} is not present")
+        pytest.fail(f"shared data folder {SHARED_DATA} is not present", pytrace=False)
     return SHARED_DATA
+
+
+def write_beir(folder: Path, docs: Mapping[str, str | Mapping[str, str]], queries: Mapping[str, str],
+               qrels: Iterable[tuple[str, str, int]], split: str = "train") -> Path:
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv). ``docs`` maps ids to text (or to
+    ``{"title", "text"}``); ``qrels`` are (query, doc, grade) rows."""
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    rows = [{"_id": d, **(t if isinstance(t, Mapping) else {"title": "", "text": t})} for d, t in docs.items()]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    return folder
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def assert_bad_input(self, *fragments: str) -> None:
+        """Exit code 2, stderr ending with exactly one ``error:`` line (containing ``fragments``), no traceback."""
+        lines = self.err.strip().splitlines()
+        assert self.code == 2, (self.code, self.out[-500:], self.err[-2000:])
+        assert "Traceback" not in self.err, self.err[-2000:]
+        assert lines and lines[-1].startswith("error: "), self.err[-2000:]
+        assert sum(line.startswith("error:") for line in lines) == 1, self.err[-2000:]
+        for f in fragments:
+            assert f in lines[-1], (f, lines[-1])
+
+
+@pytest.fixture()
+def cli(capsys):
+    """``cli(*args)`` runs ``searchr3 *args`` through :func:`searchr3.cli.main` and returns a :class:`CliResult`."""
+    from searchr3.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

@@ -1,15 +1,13 @@
 """The MTEB 2.x wrapper and the sentence-transformers-style adapter, against the installed libraries."""
+import mteb  # a hard dependency: imported, never skipped
 import numpy as np
 import pytest
 import torch
+from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.models_protocols import EncoderProtocol, SearchProtocol
 
-mteb = pytest.importorskip("mteb")
-
-from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask  # noqa: E402
-from mteb.models.abs_encoder import AbsEncoder  # noqa: E402
-from mteb.models.models_protocols import EncoderProtocol, SearchProtocol  # noqa: E402
-
-from searchr3.adapters import MTEBSearchR3, STAdapter  # noqa: E402
+from searchr3.adapters import MTEBSearchR3, STAdapter
 
 
 @pytest.fixture()

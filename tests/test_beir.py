@@ -15,8 +15,7 @@ from searchr3.data import (
     judged_queries,
     load_beir,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import shared_dataset
 
 CORPUS = [
     {"_id": "d1", "title": "Cats", "text": "Cats purr."},
@@ -184,24 +183,15 @@ def test_missing_folder_files_and_split(tmp_path: Path) -> None:
         available_splits(tmp_path)
 
 
-def shared(name: str) -> Path:
-    folder = SHARED_DATA / name
-    if not folder.is_dir():
-        pytest.skip(
-            f"shared dataset not found at {folder} (expected ../shared/data next to the repo)"
-        )
-    return folder
-
-
 def test_shared_msmarco_mini_loads() -> None:
-    ds = load_beir(shared("msmarco-mini"), "test")
-    assert available_splits(shared("msmarco-mini")) == ["test"]
+    ds = load_beir(shared_dataset("msmarco-mini"), "test")
+    assert available_splits(shared_dataset("msmarco-mini")) == ["test"]
     assert (len(ds.corpus), len(ds.queries), len(ds.judged_query_ids())) == (5000, 50, 43)
     assert sum(len(j) for j in ds.qrels.values()) == 4102
     assert {s for j in ds.qrels.values() for s in j.values()} == {1, 2, 3}
 
 
 def test_shared_scifact_2k_loads() -> None:
-    ds = load_beir(shared("scifact-2k"), "train")
+    ds = load_beir(shared_dataset("scifact-2k"), "train")
     assert (len(ds.corpus), len(ds.queries), len(ds.judged_query_ids())) == (2101, 137, 137)
     assert sum(len(j) for j in ds.qrels.values()) == 142

@@ -29,9 +29,7 @@ from searchr3.evaluation import (
     top_k,
     write_results,
 )
-from tests.beir_files import write_beir
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import shared_dataset, write_beir
 
 
 class HashingEncoder:
@@ -261,17 +259,8 @@ def test_bm25_ranks_the_matching_document_first(tiny: BeirDataset) -> None:
         BM25Retriever().search({"q": "x"})
 
 
-def shared(name: str) -> Path:
-    folder = SHARED_DATA / name
-    if not folder.is_dir():
-        pytest.skip(
-            f"shared dataset not found at {folder} (expected ../shared/data next to the repo)"
-        )
-    return folder
-
-
 def test_bm25_on_msmarco_mini() -> None:
-    result = evaluate_bm25(load_beir(shared("msmarco-mini"), "test"))
+    result = evaluate_bm25(load_beir(shared_dataset("msmarco-mini"), "test"))
     assert result["num_queries"] == 43
     assert result["ndcg@10"] > 0.3
 
@@ -299,6 +288,7 @@ def test_minilm_encoder(minilm: MiniLMEncoder) -> None:
 def test_corpus_embeddings_are_cached_per_model(tmp_path, tiny_model_dir):
     from searchr3 import SearchR3
     from searchr3.evaluation import encode_corpus
+    from searchr3.retrieval import CacheWarning
 
     class Counting:
         """Counts document encodes of a real model (the cache is under test, not the model)."""
@@ -319,7 +309,8 @@ def test_corpus_embeddings_are_cached_per_model(tmp_path, tiny_model_dir):
     np.testing.assert_array_equal(first.embeddings, second.embeddings)
     (entry,) = list(tmp_path.glob("*.npz"))
     entry.write_bytes(b"damaged")
-    third = encode_corpus(enc, corpus, cache_dir=tmp_path)
+    with pytest.warns(CacheWarning, match="damaged"):  # recomputed, but not without a word
+        third = encode_corpus(enc, corpus, cache_dir=tmp_path)
     assert enc.calls == 2
     np.testing.assert_allclose(third.embeddings, first.embeddings, atol=1e-6)
     corpus["d0"]["text"] = "changed"

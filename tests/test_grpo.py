@@ -4,18 +4,17 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import typer
-from typer.testing import CliRunner
-
-from tests.beir_files import write_beir
 
 from searchr3 import SearchR3
-from searchr3.commands.rl import rl
-from searchr3.grpo import GRPOConfig, batch_queries, group_advantages, grpo_loss, sequence_logprobs
+from searchr3.grpo import GRPOConfig, GRPOTrainer, batch_queries, group_advantages, grpo_loss, sequence_logprobs, train_rl
+from searchr3.runs import RunError
+from tests.conftest import build_tiny_model, write_beir
 
 WORDS = "cat mat paris france protein fold search engine heart blood rain cloud vector text".split()
 
@@ -76,45 +75,99 @@ def test_batches_cover_every_query_once_per_epoch():
     assert batch_queries(ids, 1, 2, seed=0) == batch_queries(ids, 1, 2, seed=0)
 
 
-def _train(out, model_dir, beir_dir, steps, *extra):
-    args = ["rl", "--init", str(model_dir), "--data", str(beir_dir), "--out", str(out), "--steps", str(steps),
-            "--queries-per-step", "2", "--group", "2", "--max-new-tokens", "4", "--doc-max-length", "200",
-            "--lr", "1e-3", "--save-every", "1", "--fp32", *extra]
-    res = CliRunner().invoke(_app(), args)
-    assert res.exit_code == 0, res.output
+TINY_RL = ["--queries-per-step", "2", "--group", "2", "--max-new-tokens", "4", "--doc-max-length", "200", "--lr", "1e-3",
+           "--save-every", "1", "--fp32"]
+
+
+def _args(out, model_dir, beir_dir, steps, *extra):
+    return ["train", "rl", "--init", model_dir, "--data", beir_dir, "--out", out, "--steps", steps, *TINY_RL, *extra]
+
+
+def _train(cli, out, model_dir, beir_dir, steps, *extra):
+    res = cli(*_args(out, model_dir, beir_dir, steps, *extra))
+    assert res.code == 0, res.err[-3000:]
     return res
 
 
-def test_tiny_run_checkpoints_and_resumes_exactly(tiny_model_dir, beir_dir, tmp_path):
+def tiny_rl_config(out, model_dir, beir_dir, **kw) -> GRPOConfig:
+    base = dict(out=str(out), init=str(model_dir), data=str(beir_dir), steps=1, queries_per_step=2, group=2, max_new_tokens=4,
+                doc_max_length=200, lr=1e-3, save_every=1, bf16=False, show_progress_bar=False)
+    return GRPOConfig(**{**base, **kw})
+
+
+def test_tiny_run_checkpoints_and_resumes_exactly(tiny_model_dir, beir_dir, tmp_path, cli):
     from safetensors.torch import load_file
 
-    res = _train(tmp_path / "a", tiny_model_dir, beir_dir, 2)
-    assert "reward curve" in res.output
+    res = _train(cli, tmp_path / "a", tiny_model_dir, beir_dir, 2)
+    assert "reward curve" in res.out
     rows = [json.loads(r) for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["encoded"] > 0 for r in rows)
-    assert (tmp_path / "a" / "reward.png").stat().st_size > 0 and (tmp_path / "a" / "model" / "searchr3.json").exists()
-    assert list((tmp_path / "a").glob("corpus-*.npz"))  # the initial encode is cached
-    straight = load_file(tmp_path / "a" / "model" / "adapter_model.safetensors")
+    assert (tmp_path / "a" / "reward.png").stat().st_size > 0 and (tmp_path / "a" / "final" / "searchr3.json").exists()
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["kind"] == "RL"
+    assert len(list((tmp_path / "a" / "corpus-embeddings").glob("*.npz"))) == 1  # the initial encode is cached
+    straight = load_file(tmp_path / "a" / "final" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in straight.items() if "lora_B" in k)  # it trained
 
-    _train(tmp_path / "b", tiny_model_dir, beir_dir, 1)
-    _train(tmp_path / "b", tiny_model_dir, beir_dir, 2, "--resume")
-    resumed = load_file(tmp_path / "b" / "model" / "adapter_model.safetensors")
+    _train(cli, tmp_path / "b", tiny_model_dir, beir_dir, 1)
+    _train(cli, tmp_path / "b", tiny_model_dir, beir_dir, 2, "--resume")
+    resumed = load_file(tmp_path / "b" / "final" / "adapter_model.safetensors")
     assert straight.keys() == resumed.keys()
     for k, v in straight.items():
         torch.testing.assert_close(resumed[k], v, atol=1e-6, rtol=1e-5)
-    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2
-    assert SearchR3.from_pretrained(tmp_path / "b" / "model").encode_query("cats").shape == (32,)
+    assert [json.loads(r)["step"] for r in (tmp_path / "b" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert SearchR3.from_pretrained(tmp_path / "b" / "final").encode_query("cats").shape == (32,)
 
 
-def test_cli_evaluates_the_init_and_rl_models(tiny_model_dir, beir_dir, tmp_path, monkeypatch):
-    import shutil
+def test_run_folder_is_not_overwritten_without_resume(tiny_model_dir, beir_dir, tmp_path, cli):
+    _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 1)
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    cli(*_args(tmp_path / "r", tiny_model_dir, beir_dir, 1)).assert_bad_input("already holds a run", "--resume")
+    assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == before
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("keep me")
+    cli(*_args(tmp_path / "foreign", tiny_model_dir, beir_dir, 1)).assert_bad_input("not a searchr3 RL run folder")
+    assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["notes.txt"]
+    cli(*_args(tmp_path / "new", tiny_model_dir, beir_dir, 1, "--resume")).assert_bad_input("no run to resume")
 
+
+def test_resume_with_other_settings_or_data_is_refused(tiny_model_dir, beir_dir, tmp_path, cli):
+    _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 1)
+    cli(*_args(tmp_path / "r", tiny_model_dir, beir_dir, 2, "--resume", "--kl-coef", "0.5")).assert_bad_input("different settings", "kl_coef")
+    other = tmp_path / "other-data"
+    shutil.copytree(beir_dir, other)
+    with (other / "corpus.jsonl").open("a") as fh:  # the same ids, one more document: other data
+        fh.write(json.dumps({"_id": "extra", "title": "", "text": "an extra document"}) + "\n")
+    cli(*_args(tmp_path / "r", tiny_model_dir, other, 2, "--resume")).assert_bad_input("data_digest")
+    other_model = build_tiny_model(tmp_path / "other-model", seed=1)
+    cli(*_args(tmp_path / "r", other_model, beir_dir, 2, "--resume")).assert_bad_input("different settings")
+    # a setting that does not change the steps taken may differ: more steps continue the run
+    _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 2, "--resume")
+    assert [json.loads(r)["step"] for r in (tmp_path / "r" / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, beir_dir, tmp_path):
+    cfg = tiny_rl_config(tmp_path / "r", tiny_model_dir, beir_dir, steps=1)
+    train_rl(cfg)
+    ckpt = tmp_path / "r" / "checkpoint"
+    good = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    log = (tmp_path / "r" / "log.jsonl").read_text()
+    trainer = GRPOTrainer(tiny_rl_config(tmp_path / "r", tiny_model_dir, beir_dir, steps=3), resume=True)
+    assert trainer.step == 1
+    trainer.env.emb[:] = np.nan  # damaged corpus vectors: the contrastive term of the next step is NaN
+    with pytest.raises(RunError, match="step 2: loss is nan"):
+        trainer.train()
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == good  # the last good checkpoint, untouched
+    assert (tmp_path / "r" / "log.jsonl").read_text() == log  # no row for the failed step
+    lora = [p for n, p in trainer.model.model.named_parameters() if "lora_" in n]
+    assert lora and all(torch.isfinite(p).all() for p in lora)  # the optimizer never stepped on it
+
+
+def test_cli_evaluates_the_init_and_rl_models(tiny_model_dir, beir_dir, tmp_path, monkeypatch, cli):
     monkeypatch.setenv("SEARCHR3_CACHE", str(tmp_path / "cache"))
     ev = tmp_path / "eval"
     shutil.copytree(beir_dir, ev)
     (ev / "qrels" / "train.tsv").rename(ev / "qrels" / "test.tsv")
-    _train(tmp_path / "r", tiny_model_dir, beir_dir, 1, "--eval", str(ev), "--eval-docs", "10")
+    _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 1, "--eval", ev, "--eval-docs", "10")
     rows = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert [(r["system"].split(" ")[0], r["reasoning"]) for r in rows] == [("init", False), ("init", True), ("rl", False), ("rl", True)]
     assert {(r["dataset"], r["num_docs"], r["num_queries"]) for r in rows} == {("eval[:10]", 10, 6)}
@@ -124,26 +177,12 @@ def test_cli_evaluates_the_init_and_rl_models(tiny_model_dir, beir_dir, tmp_path
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="group must be >= 2"):
         GRPOConfig(group=1)
-    with pytest.raises(ValueError, match="temperature > 0"):
-        GRPOConfig(temperature=0)
+    with pytest.raises(ValueError, match="sampling_temperature > 0"):
+        GRPOConfig(sampling_temperature=0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         GRPOConfig(steps=0)
 
 
-def _app():
-    app = typer.Typer()
-    app.command("rl")(rl)
-    app.command("other")(lambda: None)
-    return app
-
-
-def test_cli_help_and_errors(tmp_path, beir_dir):
-    runner = CliRunner()
-    res = runner.invoke(_app(), ["rl", "--help"])
-    assert res.exit_code == 0 and "--refresh" in res.output and "GRPO" in res.output
-    res = runner.invoke(_app(), ["rl", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "does not exist" in res.output
-    res = runner.invoke(_app(), ["rl", "--data", str(beir_dir), "--refresh", "sometimes", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "refresh must be one of" in res.output
-    res = runner.invoke(_app(), ["rl", "--data", str(beir_dir), "--resume", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "no checkpoint" in res.output
+def test_cli_help(cli):
+    res = cli("train", "rl", "--help")
+    assert res.code == 0 and "--refresh" in res.out and "GRPO" in res.out

@@ -3,8 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from searchr3.index import (
     CorpusError, Doc, Index, IndexFormatError, ModelMismatchError, build_index, encode_documents, read_corpus,
@@ -126,16 +124,30 @@ def test_missing_index(tmp_path):
 
 
 def test_encoding_resumes_from_saved_chunks(tiny, tmp_path):
-    first = encode_documents(tiny, docs(), chunk_size=2, work_dir=tmp_path / "w", show_progress_bar=False)
-    assert len(list((tmp_path / "w").glob("*/chunk-*.npy"))) == 3
+    straight = encode_documents(tiny, docs(), chunk_size=2, show_progress_bar=False)
+    real, calls = tiny.encode_document, []
 
-    def broken(*a, **k):
-        raise AssertionError("a finished chunk was encoded again")
+    def dies_on_the_third_chunk(texts, **kw):
+        calls.append(list(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(texts, **kw)
 
-    tiny.encode_document = broken  # every chunk is on disk: the model must not be called
-    np.testing.assert_array_equal(encode_documents(tiny, docs(), chunk_size=2, work_dir=tmp_path / "w", show_progress_bar=False), first)
-    with pytest.raises(AssertionError, match="encoded again"):  # another corpus never reuses those chunks
-        encode_documents(tiny, docs(2, start=10), chunk_size=2, work_dir=tmp_path / "w", show_progress_bar=False)
+    tiny.encode_document = dies_on_the_third_chunk
+    with pytest.raises(KeyboardInterrupt):
+        encode_documents(tiny, docs(), chunk_size=2, work_dir=tmp_path / "w", show_progress_bar=False)
+    assert len(list((tmp_path / "w").glob("*.partial/chunk-*.npy"))) == 2  # the two finished chunks are kept
+    calls.clear()
+    tiny.encode_document = lambda texts, **kw: (calls.append(list(texts)), real(texts, **kw))[1]
+    resumed = encode_documents(tiny, docs(), chunk_size=2, work_dir=tmp_path / "w", show_progress_bar=False)
+    assert calls == [[d.text for d in docs()[4:6]]]  # only the unfinished chunk is encoded again
+    np.testing.assert_allclose(resumed, straight, atol=1e-6)
+    assert len(list((tmp_path / "w").glob("*.npz"))) == 1 and not list((tmp_path / "w").glob("*.partial"))
+    calls.clear()
+    encode_documents(tiny, docs(), chunk_size=2, work_dir=tmp_path / "w", show_progress_bar=False)
+    assert calls == []  # a finished corpus is read from the cache
+    encode_documents(tiny, docs(2, start=10), chunk_size=2, work_dir=tmp_path / "w", show_progress_bar=False)
+    assert len(calls) == 1  # another corpus never reuses those embeddings
 
 
 def test_searcher_api(built, tiny):
@@ -152,52 +164,35 @@ def test_searcher_api(built, tiny):
         s.search("x", k=0)
 
 
-# ---------------------------------------------------------------------------- CLI
-@pytest.fixture()
-def cli():
-    from searchr3.commands.index import app as index_app
-    from searchr3.commands.search import search
-
-    app = typer.Typer()
-    app.add_typer(index_app, name="index")
-    app.command("search")(search)
-    return app
-
-
+# ---------------------------------------------------------------------------- CLI (through searchr3.cli.main)
 def test_cli_build_add_search(cli, tiny_model_dir, tmp_path):
     (tmp_path / "a.txt").write_text("\n".join(TEXTS[:4]) + "\n")
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"_id": f"b{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS[4:])))
-    r = CliRunner()
-    idx = str(tmp_path / "idx")
-    common = ["--model", str(tiny_model_dir), "--fp32"]
-    out = r.invoke(cli, ["index", "build", "--corpus", str(tmp_path / "a.txt"), "--out", idx, "--max-length", "400", *common])
-    assert out.exit_code == 0, out.output
-    assert "indexed 4 documents" in out.output
-    out = r.invoke(cli, ["index", "build", "--corpus", str(tmp_path / "a.txt"), "--out", idx, *common])
-    assert out.exit_code == 1 and "already exists" in out.output
-    out = r.invoke(cli, ["index", "add", idx, "--corpus", str(tmp_path / "b.jsonl"), "--fp32"])
-    assert out.exit_code == 0 and "now holds 6" in out.output, out.output
-    out = r.invoke(cli, ["search", idx, "the heart pumps blood", "paris", "-k", "3", "--json", "--fp32"])
-    assert out.exit_code == 0, out.output
-    lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    idx = tmp_path / "idx"
+    common = ["--model", tiny_model_dir, "--fp32"]
+    out = cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", idx, "--max-length", "400", *common)
+    assert out.code == 0, out.err[-2000:]
+    assert "indexed 4 documents" in out.out
+    cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", idx, *common).assert_bad_input("already exists")
+    out = cli("index", "add", idx, "--corpus", tmp_path / "b.jsonl", "--fp32")
+    assert out.code == 0 and "now holds 6" in out.out, out.err[-2000:]
+    out = cli("search", idx, "the heart pumps blood", "paris", "-k", "3", "--json", "--fp32")
+    assert out.code == 0, out.err[-2000:]
+    lines = [json.loads(line) for line in out.out.strip().splitlines()]
     assert [x["query"] for x in lines] == ["the heart pumps blood", "paris"] and all(len(x["hits"]) == 3 for x in lines)
     assert {h["id"] for x in lines for h in x["hits"]} <= {"1", "2", "3", "4", "b0", "b1"}
-    out = r.invoke(cli, ["search", idx, "paris", "-k", "2", "--fp32"])
-    assert out.exit_code == 0 and "query: paris" in out.output and "  1. " in out.output
+    out = cli("search", idx, "paris", "-k", "2", "--fp32")
+    assert out.code == 0 and "query: paris" in out.out and "  1. " in out.out
 
 
 def test_cli_errors(cli, tiny_model_dir, tmp_path):
-    r = CliRunner()
-    out = r.invoke(cli, ["index", "build", "--corpus", str(tmp_path / "none.txt"), "--out", str(tmp_path / "i"), "--model", str(tiny_model_dir)])
-    assert out.exit_code == 1 and "does not exist" in out.output
-    out = r.invoke(cli, ["search", str(tmp_path / "i"), "q"])
-    assert out.exit_code == 1 and "does not exist" in out.output
+    cli("index", "build", "--corpus", tmp_path / "none.txt", "--out", tmp_path / "i", "--model", tiny_model_dir).assert_bad_input("does not exist")
+    cli("search", tmp_path / "i", "q").assert_bad_input("does not exist")
     (tmp_path / "a.txt").write_text("one\ntwo\n")
-    r.invoke(cli, ["index", "build", "--corpus", str(tmp_path / "a.txt"), "--out", str(tmp_path / "i"), "--model", str(tiny_model_dir), "--max-length", "400", "--fp32"])
+    out = cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "i", "--model", tiny_model_dir, "--max-length", "400", "--fp32")
+    assert out.code == 0, out.err[-2000:]
     other = build_tiny_model(tmp_path / "other", seed=3)
-    out = r.invoke(cli, ["search", str(tmp_path / "i"), "q", "--model", str(other), "--fp32"])
-    assert out.exit_code == 1 and "built by model" in out.output
-    out = r.invoke(cli, ["index", "add", str(tmp_path / "i"), "--corpus", str(tmp_path / "a.txt"), "--model", str(other), "--fp32"])
-    assert out.exit_code == 1 and "built by model" in out.output
-    out = r.invoke(cli, ["search", str(tmp_path / "i"), " "])
-    assert out.exit_code == 1 and "empty" in out.output
+    cli("search", tmp_path / "i", "q", "--model", other, "--fp32").assert_bad_input("built by model")
+    cli("index", "add", tmp_path / "i", "--corpus", tmp_path / "a.txt", "--model", other, "--fp32").assert_bad_input("built by model")
+    cli("index", "add", tmp_path / "i", "--corpus", tmp_path / "a.txt", "--fp32").assert_bad_input("already in the index")
+    cli("search", tmp_path / "i", "  ").assert_bad_input("empty")

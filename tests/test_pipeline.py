@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from searchr3.pipeline import PipelineConfig, run_pipeline
-from tests.beir_files import write_beir
+from tests.conftest import write_beir
 
 TOPICS = ["cat mat", "paris france", "protein fold", "search engine", "heart blood", "embedding vector", "rain clouds", "capital city"]
 PROMPTS = {"query_system": "Query.", "document_system": "Passage.", "reasoning_system": "Think.", "direct_answer": "E <|embed_token|>"}
@@ -49,12 +49,37 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     assert "what about cat mat" in (out / "examples.md").read_text()
     assert {e["model"] for e in summary["examples"]} == {"zero-shot", "SFT+RL"}
 
-    # A re-run skips finished stages; with the last two undone it redoes only those, from the checkpoints.
+    # A re-run skips finished stages; with the last two undone it redoes only those, the RL stage from
+    # its checkpoint (no step is trained again), and finds the same numbers.
     done = {s: json.loads((out / s / "done.json").read_text()) for s in ("zero_shot", "sft", "rl", "final")}
-    (out / "final" / "done.json").unlink()
+    rl_log = (out / "rl" / "log.jsonl").read_text()
+    mtimes = {s: (out / s / "done.json").stat().st_mtime_ns for s in ("zero_shot", "sft")}
+    for stage in ("rl", "final"):
+        (out / stage / "done.json").unlink()
     again = run_pipeline(cfg)
+    assert {s: (out / s / "done.json").stat().st_mtime_ns for s in ("zero_shot", "sft")} == mtimes  # skipped
     assert json.loads((out / "sft" / "done.json").read_text()) == done["sft"]
+    assert (out / "rl" / "log.jsonl").read_text() == rl_log  # resumed at its last step: nothing retrained
+    assert json.loads((out / "rl" / "done.json").read_text())["model"] == done["rl"]["model"] == str(out / "rl" / "final")
     assert [r["ndcg@10"] for r in again["rows"]] == pytest.approx([r["ndcg@10"] for r in summary["rows"]], abs=1e-6)
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path, data, tiny_model_dir):
+    from searchr3.pipeline import Pipeline
+    from searchr3.runs import RunError
+
+    cfg = PipelineConfig(out=str(tmp_path / "run"), data=str(data), model=str(tiny_model_dir))
+    Pipeline(cfg).prepare()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["preset"] == "quick"
+    Pipeline(cfg).prepare()  # the same settings: a resume
+    with pytest.raises(RunError, match="different settings"):
+        Pipeline(PipelineConfig(out=cfg.out, data=str(data), model=str(tiny_model_dir), preset="full")).prepare()
+    with pytest.raises(RunError, match="different settings"):
+        Pipeline(PipelineConfig(out=cfg.out, data=str(data), model=str(tiny_model_dir), sft={"max_steps": 3})).prepare()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("keep me")
+    with pytest.raises(RunError, match="not a searchr3 pipeline run folder"):
+        Pipeline(PipelineConfig(out=str(tmp_path / "foreign"), data=str(data))).prepare()
 
 
 def test_presets_choose_the_evaluation_corpus(data):

@@ -10,8 +10,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from searchr3.index import Doc, build_index
 from searchr3.search import Searcher
@@ -141,13 +139,7 @@ def test_micro_batcher_groups_by_kind(tiny):
         MicroBatcher(tiny, max_batch=0)
 
 
-def test_serve_command_help():
-    from searchr3.commands.serve import serve
-
-    app = typer.Typer()
-    app.command("serve")(serve)
-    app.command("other")(lambda: None)
-    out = CliRunner().invoke(app, ["serve", "--help"])
-    assert out.exit_code == 0 and "/v1/embeddings" in out.output and "--max-batch" in out.output
-    out = CliRunner().invoke(app, ["serve", "/nonexistent/idx"])
-    assert out.exit_code == 1 and "does not exist" in out.output
+def test_serve_command_help(cli):
+    out = cli("serve", "--help")
+    assert out.code == 0 and "/v1/embeddings" in out.out and "--max-batch" in out.out
+    cli("serve", "/nonexistent/idx").assert_bad_input("does not exist")

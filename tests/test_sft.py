@@ -170,7 +170,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, beir_dir):
     with pytest.raises(SFTError, match="loss is nan"):
         train_sft(tiny_cfg(tmp_path / "run", model, beir_dir, max_steps=4), resume=True)
     assert (tmp_path / "run" / "checkpoint" / "state.pt").read_bytes() == good
-    assert not (tmp_path / "run" / "final.tmp").exists()
+    # no new final model, not even a half-written one (atomic_directory's temporary folders are ".final.*.tmp")
+    assert not list((tmp_path / "run").glob(".final*")) and not list((tmp_path / "run").glob(".checkpoint*"))
 
 
 def test_bad_settings_and_data(tmp_path, model_dir, beir_dir):
@@ -195,27 +196,19 @@ def test_plot_curves(tmp_path):
         plot_curves(log, tmp_path / "d.png", ["absent"])
 
 
-def test_cli_sft(tmp_path, model_dir, beir_dir):
-    import typer
-    from typer.testing import CliRunner
-
-    from searchr3.commands.sft import sft
-
-    app = typer.Typer()
-    app.command("sft")(sft)
-    app.command("noop")(lambda: None)  # two commands, so "sft" is a subcommand as under `searchr3 train`
-    runner = CliRunner()
-    args = ["sft", "--out", str(tmp_path / "run"), "--data", str(beir_dir), "--model", str(model_dir), "--steps", "1",
+def test_cli_sft(tmp_path, model_dir, beir_dir, cli):
+    args = ["train", "sft", "--out", tmp_path / "run", "--data", beir_dir, "--model", model_dir, "--steps", "1",
             "--batch-size", "4", "--cloze", "2", "--wordnet", "0", "--eval-queries", "2", "--eval-every", "0",
-            "--query-tokens", "16", "--doc-tokens", "24", "--reasoning-tokens", "4", "--fp32"]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    assert "final model" in res.output and (tmp_path / "run" / "final" / "searchr3.json").is_file()
-    res = runner.invoke(app, args)  # the same --out again without --resume
-    assert res.exit_code == 2 and "--resume" in res.output
-    res = runner.invoke(app, ["sft", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
-    assert res.exit_code == 2 and "does not exist" in res.output
-    assert "--reasoning-share" in runner.invoke(app, ["sft", "--help"]).output
+            "--query-tokens", "16", "--doc-tokens", "24", "--reasoning-tokens", "4", "--fp32", "--lora-r", "4"]
+    res = cli(*args)
+    assert res.code == 0, res.err[-3000:]
+    assert "final model" in res.out and (tmp_path / "run" / "final" / "searchr3.json").is_file()
+    adapter = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (4, 32)  # --lora-r no longer forces lora_alpha = 2r
+    cli(*args).assert_bad_input("--resume")  # the same --out again without --resume
+    cli("train", "sft", "--data", tmp_path / "missing", "--out", tmp_path / "r2").assert_bad_input("does not exist")
+    cli("train", "sft", "--batch-size", "1", "--hard-negatives", "0", "--out", tmp_path / "r3").assert_bad_input("without negatives")
+    assert "--reasoning-share" in cli("train", "sft", "--help").out
 
 
 def test_top_layer_lora_trains_only_the_top_layers(tmp_path, model_dir, beir_dir):

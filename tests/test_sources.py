@@ -10,7 +10,7 @@ from searchr3.data.sources import (
     Example, add_bm25_negatives, beir_examples, cloze_examples, load_training_folder, parse_wordnet_line,
     split_sentences, wordnet_examples,
 )
-from tests import beir_files
+from tests.conftest import write_beir as _write_beir
 
 DOCS = {
     "d0": "Cats sleep most of the day. They hunt mice at night. A cat purrs when it is content.",
@@ -22,7 +22,7 @@ QUERIES = {"q0": "why do cats purr", "q1": "capital city of france", "q2": "prot
 
 
 def write_beir(folder: Path, qrels: list[tuple[str, str, int]], docs=DOCS, queries=QUERIES) -> Path:
-    return beir_files.write_beir(folder, docs, queries, qrels)
+    return _write_beir(folder, docs, queries, qrels)
 
 
 def test_beir_examples_pairs_each_judged_positive(tmp_path):

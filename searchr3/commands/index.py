@@ -6,12 +6,18 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Build and extend persistent search indexes.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)
+_B = "searchr3.index:build_index"
+DEFAULTS = {
+    "batch_size": (_B, "batch_size"),
+    "exact_threshold": (_B, "exact_threshold"),
+    "store_text": (_B, "store_text"),
+    "max_length": ("searchr3.model:SearchR3.from_pretrained", "max_length"),
+    "model": ("searchr3.model:SearchR3.from_pretrained", "name_or_path"),
+    "bf16": ("searchr3.model:SearchR3.from_pretrained", "bf16"),
+    "ray_actors": ("searchr3.ray_encode:encode_with_ray", "concurrency"),
+    "ray_address": ("searchr3.ray_encode:encode_with_ray", "address"),
+}
+CLI_ONLY = {"corpus", "out", "overwrite", "ray", "index_dir"}
 
 
 def _encode(model, model_name, docs, batch_size, ray, ray_actors, ray_address, bf16):
@@ -25,69 +31,61 @@ def _encode(model, model_name, docs, batch_size, ray, ray_actors, ray_address, b
     )
 
 
-@app.command()
 def build(
     corpus: Path = typer.Option(..., "--corpus", help="BEIR folder, .jsonl (_id/id, text, title) or .txt (one document per line)."),
     out: Path = typer.Option(..., "--out", help="Index folder to write."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder or name (default: built-in SmolLM2)."),
-    max_length: int = typer.Option(512, "--max-length", help="Token limit per document."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    exact_threshold: int = typer.Option(20_000, "--exact-threshold", help="Below this many documents search is exact; above, HNSW."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=16, help="Token limit per document (default: the model's, 512)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    exact_threshold: int = typer.Option(20_000, "--exact-threshold", min=0, help="Below this many documents search is exact; above, HNSW."),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="Keep document texts in the index."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast for encoding."),
     ray: bool = typer.Option(False, "--ray", help="Encode with Ray Data (an actor pool of model replicas)."),
-    ray_actors: int = typer.Option(2, "--ray-actors", help="Model replicas in the Ray actor pool."),
+    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="Model replicas in the Ray actor pool."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray)."),
 ) -> None:
     """Encode a corpus into a new index (exact below --exact-threshold documents, HNSW above)."""
     from searchr3 import SearchR3
-    from searchr3.index import CorpusError, build_index, read_corpus
+    from searchr3.commands import UsageError
+    from searchr3.index import build_index, read_corpus
 
     if out.exists() and not overwrite:
-        _fail(f"{out} already exists: use `searchr3 index add` to append, or --overwrite")
-    if max_length < 16 or batch_size < 1 or exact_threshold < 0:
-        _fail("--max-length must be >= 16, --batch-size >= 1, --exact-threshold >= 0")
-    try:
-        docs = read_corpus(corpus)
-    except CorpusError as e:
-        _fail(str(e))
+        raise UsageError(f"{out} already exists: use `searchr3 index add` to append, or --overwrite")
+    docs = read_corpus(corpus)
     m = SearchR3.from_pretrained(model, max_length=max_length, bf16=bf16)
     vectors = _encode(m, model, docs, batch_size, ray, ray_actors, ray_address, bf16)
     try:
         index = build_index(m, docs, out, model_name=model, vectors=vectors, batch_size=batch_size,
                             exact_threshold=exact_threshold, store_text=store_text, sources=[str(corpus)])
-    except ValueError as e:
-        _fail(str(e))
+    except ValueError as e:  # duplicate ids in the corpus
+        raise UsageError(str(e)) from None
     typer.echo(f"indexed {len(index)} documents ({index.meta.backend}, dim {index.meta.dim}) into {out}")
 
 
-@app.command()
 def add(
     index_dir: Path = typer.Argument(..., help="Existing index folder."),
     corpus: Path = typer.Option(..., "--corpus", help="Documents to append (same formats as build)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model to encode with; must be the one that built the index (default: it)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
     bf16: bool = typer.Option(True, "--bf16/--fp32"),
     ray: bool = typer.Option(False, "--ray", help="Encode with Ray Data."),
-    ray_actors: int = typer.Option(2, "--ray-actors"),
+    ray_actors: int = typer.Option(2, "--ray-actors", min=1),
     ray_address: Optional[str] = typer.Option(None, "--ray-address"),
 ) -> None:
     """Append documents to an index, encoded by the model that built it."""
     from searchr3 import SearchR3
-    from searchr3.index import CorpusError, Index, IndexFormatError, build_index, read_corpus
+    from searchr3.commands import UsageError
+    from searchr3.index import Index, build_index, read_corpus
 
-    try:
-        index = Index.load(index_dir)
-        docs = read_corpus(corpus)
-    except (IndexFormatError, CorpusError) as e:
-        _fail(str(e))
+    index = Index.load(index_dir)
+    docs = read_corpus(corpus)
     name = model or index.meta.model
     m = SearchR3.from_pretrained(name, prompts=index.meta.prompts, max_length=index.meta.max_length, bf16=bf16)
+    index.check_model(m)  # ModelMismatchError: bad input
+    vectors = _encode(m, name, docs, batch_size, ray, ray_actors, ray_address, bf16)
     try:
-        index.check_model(m)
-        vectors = _encode(m, name, docs, batch_size, ray, ray_actors, ray_address, bf16)
         build_index(m, docs, index_dir, base=index, vectors=vectors, batch_size=batch_size, sources=[str(corpus)])
-    except ValueError as e:  # includes ModelMismatchError
-        _fail(str(e))
+    except ValueError as e:  # ids already in the index
+        raise UsageError(str(e)) from None
     typer.echo(f"added {len(docs)} documents; {index_dir} now holds {len(index)}")

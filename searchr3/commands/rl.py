@@ -6,62 +6,64 @@ from typing import Optional
 
 import typer
 
+_G, _E = "searchr3.grpo:GRPOConfig", "searchr3.env:EnvConfig"
+DEFAULTS = {
+    **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "lr",
+                                     "kl_coef", "nce_coef", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
+    **{name: (_E, name) for name in ("refresh", "neighbours", "max_age")},
+}
+CLI_ONLY = {"resume", "eval_data", "eval_docs", "eval_init"}
+
 
 def rl(
-    out: Path = typer.Option(Path("runs/rl-default"), "--out", help="Run folder (checkpoint, log, model, plots)."),
+    out: Path = typer.Option(Path("runs/rl-default"), "--out", help="Run folder (config, checkpoint, log, final model, plots)."),
     init: Optional[str] = typer.Option(None, "--init", help="Model to start from, e.g. the SFT checkpoint (default: built-in SmolLM2)."),
     data: Path = typer.Option(Path("../shared/data/scifact-2k"), "--data", help="BEIR folder with training queries, qrels and corpus."),
     split: str = typer.Option("train", "--split", help="qrels split to train on."),
-    steps: int = typer.Option(10, "--steps", help="Optimizer steps."),
-    queries_per_step: int = typer.Option(4, "--queries-per-step"),
-    group: int = typer.Option(4, "--group", help="Rollouts per query (G)."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Reasoning length limit."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Optimizer steps."),
+    queries_per_step: int = typer.Option(4, "--queries-per-step", min=1),
+    group: int = typer.Option(4, "--group", min=2, help="Rollouts per query (G)."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Reasoning length limit."),
     lr: float = typer.Option(5e-5, "--lr"),
-    kl_coef: float = typer.Option(0.04, "--kl-coef"),
-    nce_coef: float = typer.Option(0.5, "--nce-coef", help="Weight of the contrastive term on rollout embeddings."),
+    kl_coef: float = typer.Option(0.04, "--kl-coef", min=0),
+    nce_coef: float = typer.Option(0.5, "--nce-coef", min=0, help="Weight of the contrastive term on rollout embeddings."),
     refresh: str = typer.Option("local", "--refresh", help="Index refresh policy: none, local or full."),
-    neighbours: int = typer.Option(2, "--neighbours", help="Graph neighbours refreshed per touched document."),
-    max_age: int = typer.Option(0, "--max-age", help="Re-encode documents older than this many versions (0 = off)."),
-    doc_max_length: int = typer.Option(256, "--doc-max-length", help="Token limit of corpus documents."),
-    corpus_limit: int = typer.Option(0, "--corpus-limit", help="Use the first N documents plus every judged one (0 = all)."),
-    save_every: int = typer.Option(5, "--save-every", help="Checkpoint every N steps."),
+    neighbours: int = typer.Option(2, "--neighbours", min=0, help="Graph neighbours refreshed per touched document."),
+    max_age: int = typer.Option(0, "--max-age", min=0, help="Re-encode documents older than this many versions (0 = off)."),
+    doc_max_length: int = typer.Option(256, "--doc-max-length", min=16, help="Token limit of corpus documents."),
+    corpus_limit: int = typer.Option(0, "--corpus-limit", min=0, help="Use the first N documents plus every judged one (0 = all)."),
+    save_every: int = typer.Option(5, "--save-every", min=1, help="Checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (same settings and data)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="BEIR folder to evaluate on at the end (split test), e.g. ../shared/data/msmarco-mini."),
-    eval_docs: int = typer.Option(0, "--eval-docs", help="Evaluate on the first N documents of the --eval corpus only (0 = all)."),
+    eval_docs: int = typer.Option(0, "--eval-docs", min=0, help="Evaluate on the first N documents of the --eval corpus only (0 = all)."),
     eval_init: bool = typer.Option(True, "--eval-init/--no-eval-init", help="Also evaluate the --init model."),
     bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast (CPU inference and training forward)."),
 ) -> None:
     """Train with GRPO: G reasoning rollouts per query, rewards from an HNSW index with selective refresh."""
     import json
 
+    from searchr3.commands import UsageError, build_config
     from searchr3.env import EnvConfig
     from searchr3.grpo import GRPOConfig, train_rl
 
-    if resume and not (out / "checkpoint" / "trainer.pt").exists():
-        typer.secho(f"error: --resume but {out}/checkpoint has no checkpoint", fg="red", err=True)
-        raise typer.Exit(1)
     for folder in [data] + ([eval_data] if eval_data else []):
         if not folder.is_dir():
-            typer.secho(f"error: data folder {folder} does not exist", fg="red", err=True)
-            raise typer.Exit(1)
-    try:
-        cfg = GRPOConfig(
-            out=str(out), init=init, data=str(data), split=split, steps=steps, queries_per_step=queries_per_step,
-            group=group, max_new_tokens=max_new_tokens, lr=lr, kl_coef=kl_coef, nce_coef=nce_coef,
-            doc_max_length=doc_max_length, corpus_limit=corpus_limit, save_every=save_every, seed=seed, bf16=bf16,
-            env=EnvConfig(refresh=refresh, neighbours=neighbours, max_age=max_age),
-        )
-    except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1) from None
+            raise UsageError(f"data folder {folder} does not exist")
+    cfg = build_config(
+        GRPOConfig, out=str(out), init=init, data=str(data), split=split, steps=steps, queries_per_step=queries_per_step,
+        group=group, max_new_tokens=max_new_tokens, lr=lr, kl_coef=kl_coef, nce_coef=nce_coef,
+        doc_max_length=doc_max_length, corpus_limit=corpus_limit, save_every=save_every, seed=seed, bf16=bf16,
+        env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age),
+    )
     model_dir = train_rl(cfg, resume=resume)
     typer.echo(f"model: {model_dir}\nlog: {out / 'log.jsonl'}\nreward curve: {out / 'reward.png'}")
     if eval_data:
         from dataclasses import replace
 
         from searchr3 import SearchR3
-        from searchr3.evaluation import default_corpus_cache, run_evaluation, write_results
+        from searchr3.evaluation import run_evaluation, write_results
+        from searchr3.retrieval import default_corpus_cache
 
         models = {}
         if eval_init:

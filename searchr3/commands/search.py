@@ -6,35 +6,35 @@ from typing import List, Optional
 
 import typer
 
+DEFAULTS = {
+    "k": ("searchr3.search:Searcher.search_many", "k"),
+    "reasoning": ("searchr3.search:Searcher.search_many", "reasoning"),
+    "model": ("searchr3.search:Searcher", "model"),
+    "bf16": ("searchr3.search:Searcher", "bf16"),
+}
+CLI_ONLY = {"index_dir", "queries", "as_json", "width"}
+
 
 def search(
     index_dir: Path = typer.Argument(..., help="Index folder (from `searchr3 index build`)."),
     queries: List[str] = typer.Argument(..., help="One or more queries."),
-    k: int = typer.Option(10, "-k", "--top-k", help="Hits per query."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="Hits per query."),
     reasoning: bool = typer.Option(False, "--reasoning", help="Let the model reason about the query before embedding it."),
     model: Optional[str] = typer.Option(None, "--model", help="Model to use; must be the one that built the index (default: it)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per query, one per line)."),
-    width: int = typer.Option(100, "--width", help="Characters of document text to show."),
+    width: int = typer.Option(100, "--width", min=1, help="Characters of document text to show."),
     bf16: bool = typer.Option(True, "--bf16/--fp32"),
 ) -> None:
     """Search an index and print ranked hits (and the model's reasoning with --reasoning)."""
     import json
     from dataclasses import asdict
 
-    from searchr3.index import IndexFormatError
+    from searchr3.commands import UsageError
     from searchr3.search import Searcher
 
-    if k < 1:
-        typer.secho("error: -k must be >= 1", fg="red", err=True)
-        raise typer.Exit(1)
     if not all(q.strip() for q in queries):
-        typer.secho("error: a query is empty", fg="red", err=True)
-        raise typer.Exit(1)
-    try:
-        searcher = Searcher(index_dir, model, bf16=bf16)
-    except IndexFormatError as e:  # includes ModelMismatchError
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise UsageError("a query is empty")
+    searcher = Searcher(index_dir, model, bf16=bf16)  # IndexFormatError, ModelMismatchError: bad input
     for res in searcher.search_many(list(queries), k=k, reasoning=reasoning):
         if as_json:
             typer.echo(json.dumps({"query": res.query, "reasoning": res.reasoning, "hits": [asdict(h) for h in res.hits]}, ensure_ascii=False))

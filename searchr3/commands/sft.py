@@ -6,6 +6,18 @@ from typing import List, Optional
 
 import typer
 
+_S = "searchr3.sft:SFTConfig"
+DEFAULTS = {
+    **{name: (_S, name) for name in (
+        "out", "model", "split", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "lora_layers", "cloze", "wordnet",
+        "hard_negatives", "mix_alpha", "max_per_source", "traces",
+        "reasoning_share", "reasoning_tokens", "query_tokens", "doc_tokens", "temperature", "margin", "w_lm", "w_kl", "w_nce",
+        "w_triplet", "eval_queries", "eval_every", "save_every", "gradient_checkpointing", "bf16", "seed")},
+    "steps": (_S, "max_steps"),
+    "full": (_S, "full_finetune"),
+}
+CLI_ONLY = {"data", "weight", "resume"}  # --data: repeatable, none given means SFTConfig's default folders; --weight: NAME=W
+
 
 def sft(
     out: Path = typer.Option(Path("runs/sft-default"), "--out", help="Run folder (config, traces, log, checkpoint, final model, curves.png)."),
@@ -20,6 +32,7 @@ def sft(
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     lr: float = typer.Option(2e-4, "--lr"),
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
     lora_layers: int = typer.Option(12, "--lora-layers", help="LoRA on the top N layers only (0 = all layers + the token row)."),
     full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA (keeps a frozen copy for the KL term)."),
     cloze: int = typer.Option(0, "--cloze", help="Inverse-cloze examples from the training corpora."),
@@ -45,27 +58,28 @@ def sft(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """Supervised training: teach the model to end answers with <|embed_token|> and shape its embedding space."""
-    from searchr3.data.beir import DataError
-    from searchr3.sft import SFTConfig, SFTError, default_training_folders, train_sft
+    from searchr3.commands import UsageError, build_config
+    from searchr3.sft import SFTConfig, train_sft
 
-    try:
-        weights = {}
-        for item in weight or []:
-            name, sep, value = item.partition("=")
-            if not sep or not name:
-                raise ValueError(f"--weight takes NAME=W, got {item!r}")
+    weights = {}
+    for item in weight or []:
+        name, sep, value = item.partition("=")
+        try:
             weights[name] = float(value)
-        cfg = SFTConfig(
-            out=str(out), model=model, data=[str(d) for d in data] if data else default_training_folders(), split=split, max_steps=steps,
-            weights=weights, mix_alpha=mix_alpha, max_per_source=max_per_source, lora_layers=lora_layers, traces=traces,
-            batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=2 * lora_r, full_finetune=full,
-            cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
-            reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
-            margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, eval_queries=eval_queries,
-            eval_every=eval_every, save_every=save_every, gradient_checkpointing=gradient_checkpointing, bf16=bf16, seed=seed,
-        )
-        final = train_sft(cfg, resume=resume)
-    except (ValueError, SFTError, DataError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise UsageError(f"--weight takes NAME=W with a number W, got {item!r}")
+    settings = {} if not data else {"data": [str(d) for d in data]}
+    cfg = build_config(
+        SFTConfig, out=str(out), model=model, split=split, max_steps=steps,
+        weights=weights, mix_alpha=mix_alpha, max_per_source=max_per_source, lora_layers=lora_layers, traces=traces,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, full_finetune=full,
+        cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
+        reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
+        margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, eval_queries=eval_queries,
+        eval_every=eval_every, save_every=save_every, gradient_checkpointing=gradient_checkpointing, bf16=bf16, seed=seed,
+        **settings,
+    )
+    final = train_sft(cfg, resume=resume)
     typer.echo(f"final model: {final}")

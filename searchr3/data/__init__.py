@@ -1,21 +1,4 @@
-"""Data sources: BEIR-format retrieval datasets."""
+"""Data sources: BEIR-format retrieval datasets (:mod:`searchr3.data.beir`, re-exported here)."""
 
-from searchr3.data.beir import (
-    BeirDataset,
-    DataError,
-    UnknownDocumentWarning,
-    available_splits,
-    doc_text,
-    judged_queries,
-    load_beir,
-)
-
-__all__ = [
-    "BeirDataset",
-    "DataError",
-    "UnknownDocumentWarning",
-    "available_splits",
-    "doc_text",
-    "judged_queries",
-    "load_beir",
-]
+from searchr3.data.beir import *  # noqa: F403
+from searchr3.data.beir import __all__  # noqa: F401

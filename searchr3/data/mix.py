@@ -10,6 +10,7 @@ Default weights follow the usual temperature sampling of multi-source contrastiv
 serve as whose negative (e.g. SQuAD paragraphs that answer several questions) are applied by the
 trainer through :func:`false_negative_mask`, from the examples' document ids.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -151,7 +151,7 @@ def add_bm25_negatives(
     that are not among its ``positive_ids`` nor equal to its positive; random pool documents fill in
     when BM25 finds too few.
     """
-    from ..baselines import BM25Retriever
+    from .bm25 import BM25Retriever
 
     if n <= 0:
         return list(examples)

@@ -1,0 +1,109 @@
+"""``searchr3 eval``: retrieval quality of a model (and the baselines) on one BEIR split."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULTS = {
+    "batch_size": ("searchr3.pipeline:PipelineConfig", "batch_size"),
+    "max_length": ("searchr3.model:SearchR3.from_pretrained", "max_length"),
+}
+CLI_ONLY = {"data", "split", "model", "reasoning", "baselines", "out", "cache", "max_docs"}
+
+
+class Reasoning(str, Enum):
+    off = "off"
+    on = "on"
+    mix = "mix"
+    both = "both"
+    all = "all"
+
+
+MODES = {"off": [False], "on": [True], "mix": ["mix"], "both": [False, True], "all": [False, True, "mix"]}
+
+
+def evaluate(
+    data: Path | list[Path],
+    split: str = "test",
+    model: Optional[str] = None,
+    reasoning: Reasoning = Reasoning.both,
+    baselines: bool = False,
+    out: Optional[Path] = None,
+    batch_size: int = 16,
+    max_length: Optional[int] = None,
+    title: str = "",
+    cache: bool = True,
+    max_docs: int = 0,
+) -> list[dict]:
+    """Evaluate a searchr3 model (and the baselines) on one BEIR split of each folder; print a table per
+    folder, write all rows as JSON."""
+    from rich.console import Console
+
+    from searchr3 import SearchR3
+    from searchr3.evaluation import format_table, run_evaluation, write_results
+    from searchr3.retrieval import default_corpus_cache
+
+    # Piped or captured output has no terminal width: give the nine-column table room instead of folding headers.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    systems: list = []
+    if baselines:
+        from searchr3.baselines import MiniLMEncoder
+
+        systems += [("BM25", "bm25", False), ("all-MiniLM-L6-v2", MiniLMEncoder(), False)]
+    if model != "none":
+        m = SearchR3.from_pretrained(model, max_length=max_length)
+        name = f"searchr3 ({model or 'smollm2'})"
+        systems += [(name, m, r) for r in MODES[Reasoning(reasoning).value]]
+    folders = [data] if isinstance(data, (str, Path)) else list(data)
+    rows = []
+    for folder in folders:
+        part = run_evaluation(
+            folder,
+            split,
+            systems,
+            batch_size=batch_size,
+            show_progress_bar=True,
+            cache_dir=default_corpus_cache() if cache else None,
+            max_docs=max_docs,
+        )
+        console.print(format_table(part, title=title if title and len(folders) == 1 else f"{part[0]['dataset']} ({split})"))
+        rows += part
+    if out is not None:
+        write_results(rows, out)
+        console.print(f"results written to {out}")
+    return rows
+
+
+def eval_command(
+    data: Annotated[
+        list[Path],
+        typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/); repeat to evaluate on several in one run."),
+    ],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    model: Annotated[
+        Optional[str], typer.Option(help="Model folder, 'smollm2' (built-in, default) or 'none' for baselines only.")
+    ] = None,
+    reasoning: Annotated[
+        Reasoning,
+        typer.Option(
+            help="Query encoding: direct (off), reasoning first (on), mix (0.6 direct + 0.4 reasoning), both (off and on), or all three."
+        ),
+    ] = Reasoning.both,
+    baselines: Annotated[bool, typer.Option(help="Also evaluate BM25 and all-MiniLM-L6-v2.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Write the rows as JSON here.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_length: Annotated[
+        Optional[int], typer.Option(min=16, help="Token budget per text, prompt included (default: the model's, 512).")
+    ] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse this model's corpus embeddings from the cache folder.")] = True,
+    max_docs: Annotated[
+        int, typer.Option(min=0, help="Evaluate on the corpus's first N documents only, qrels restricted to them (0 = all).")
+    ] = 0,
+) -> None:
+    """Retrieval quality (nDCG@10, Recall@100, MRR@10) on a BEIR folder."""
+    evaluate(data, split, model, reasoning, baselines, out, batch_size, max_length, cache=cache, max_docs=max_docs)
