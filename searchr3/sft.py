@@ -323,6 +323,26 @@ def prepare_model(m, cfg: SFTConfig):
     return ref
 
 
+def sliced_lm_kl(logits: torch.Tensor, ref_logits: torch.Tensor | None, targets: torch.Tensor, embed_token_id: int):
+    """LM cross-entropy and KL-to-reference from logits computed only where a target is predicted.
+
+    ``logits[i]`` (``[P, vocab]``) predicts ``targets[i]``; the full computation would project every
+    position of every sequence onto the vocabulary and then mask all but these ``P`` rows, so this
+    gives the same two numbers (tested to 1e-5 against :func:`lm_loss` / :func:`kl_to_reference` on
+    full logits) for a fraction of the memory. Positions whose target is the embedding token are left
+    out of the KL, which would otherwise forbid learning to emit it.
+    """
+    # lm_loss / kl_to_reference read logits[:, t] against labels[:, t + 1]: one (predictor, target) pair per row.
+    pair = lambda x: x.float()[:, None].expand(-1, 2, -1)  # noqa: E731
+    labels = torch.stack([torch.full_like(targets, -100), targets], 1)
+    lm = lm_loss(pair(logits), labels)
+    if ref_logits is None:
+        return lm, torch.zeros(())
+    kl_labels = labels.clone()
+    kl_labels[:, 1][targets == embed_token_id] = -100
+    return lm, kl_to_reference(pair(logits), pair(ref_logits), kl_labels)
+
+
 class SFTTrainer:
     """The supervised loop over one run folder."""
 
@@ -399,17 +419,13 @@ class SFTTrainer:
                     else:
                         with m.model.disable_adapter():
                             ref_logits = self._logits_at(m.model, qb, rows, cols)[1]
-        # lm_loss / kl_to_reference read logits[:, t] against labels[:, t + 1]: one (predictor, target) pair per row.
-        pair = lambda x: x.float()[:, None].expand(-1, 2, -1)  # noqa: E731
-        labels = torch.stack([torch.full_like(targets, -100), targets], 1)
-        kl_labels = labels.clone()
-        kl_labels[:, 1][targets == m.embed_token_id] = -100
+        lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id)
         pos = torch.tensor(owner)
         doc_ids = [ex.positive_id for ex in exs] + [n for ex in exs for n in (ex.negative_ids or ("",) * len(ex.negatives))]
         exclude = torch.from_numpy(false_negative_mask(exs, owner, list(zip(doc_ids, docs))))
         out = {
-            "lm": lm_loss(pair(logits), labels),
-            "kl": kl_to_reference(pair(logits), pair(ref_logits), kl_labels) if ref_logits is not None else torch.zeros(()),
+            "lm": lm,
+            "kl": kl,
             "nce": info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, exclude=exclude),
             "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude),
         }

@@ -1,0 +1,194 @@
+"""The stage-1 training mix: weighted sampling, the false-negative rule, the sliced LM/KL terms,
+keyword traces and the reasoning query modes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from searchr3 import SearchR3
+from searchr3.data.mix import MixSchedule, false_negative_mask, source_weights
+from searchr3.data.sources import Example
+from searchr3.losses import info_nce, kl_to_reference, lm_loss
+from searchr3.sft import SFTConfig, SFTError, SFTTrainer, build_data, default_training_folders, prepare_model, sliced_lm_kl
+from searchr3.traces import KeywordTracer, keyword_traces
+from tests.conftest import write_beir
+
+PROMPTS = {
+    "query_system": "Query.",
+    "document_system": "Passage.",
+    "reasoning_system": "Think.",
+    "direct_answer": "E <|embed_token|>",
+}
+
+
+def test_schedule_is_a_pure_function_of_the_seed_and_follows_the_weights():
+    p = source_weights([100, 10, 50], [1.0, 1.0, 0.0], alpha=0.5)
+    assert p[2] == 0 and p[0] == pytest.approx(1 / 2) and p[1] == pytest.approx(1 / 2)
+    a, b = MixSchedule([100, 10, 50], p, seed=3), MixSchedule([100, 10, 50], p, seed=3)
+    late = b.batch(40, 16)  # asked out of order: the same draws
+    assert [a.batch(s, 16) for s in range(41)][40] == late
+    assert a.batch(2, 16) != MixSchedule([100, 10, 50], p, seed=4).batch(2, 16)
+    draws = [pair for s in range(100) for pair in a.batch(s, 16)]
+    counts = Counter(s for s, _ in draws)
+    assert counts[2] == 0 and abs(counts[0] - counts[1]) < 0.15 * len(draws)
+    # Each pass over a source shows every example once before any repeats.
+    small = [i for s, i in draws if s == 1]
+    for k in range(0, len(small) - 10, 10):
+        assert sorted(small[k : k + 10]) == list(range(10))
+
+
+def test_default_weights_are_size_to_the_half():
+    p = source_weights([400, 100])
+    assert p.tolist() == pytest.approx([20 / 30, 10 / 30])
+    with pytest.raises(ValueError, match="at least one example"):
+        source_weights([5, 0])
+    with pytest.raises(ValueError, match="not all 0"):
+        source_weights([5, 5], [0, 0])
+
+
+def test_shared_passages_are_never_in_batch_negatives():
+    # SQuAD-style: two questions judged on the same paragraph p1; a third on p2.
+    exs = [
+        Example(
+            "q a", "para one", positive_ids=frozenset({"p1"}), positive_id="p1", negatives=("para two",), negative_ids=("p2",)
+        ),
+        Example("q b", "para one", positive_ids=frozenset({"p1"}), positive_id="p1"),
+        Example("q c", "para two", positive_ids=frozenset({"p2"}), positive_id="p2"),
+    ]
+    docs = [("p1", "para one"), ("p1", "para one"), ("p2", "para two"), ("p2", "para two")]
+    mask = false_negative_mask(exs, [0, 1, 2], docs)
+    assert mask.tolist() == [
+        [False, True, False, False],  # q a: the other copy of p1 is no negative; p2 is one
+        [True, False, False, False],
+        [False, False, False, True],  # q c: its own positive mined as q a's hard negative is no negative
+    ]
+    # InfoNCE with the mask equals cross-entropy over the columns that remain.
+    torch.manual_seed(0)
+    q, d = torch.randn(3, 8), torch.randn(4, 8)
+    pos = torch.tensor([0, 1, 2])
+    got = info_nce(q, d, pos, 0.1, exclude=torch.from_numpy(mask))
+    sim = F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T / 0.1
+    keep = [[0, 2, 3], [1, 2, 3], [0, 1, 2]]
+    want = torch.stack([F.cross_entropy(sim[i, keep[i]][None], torch.tensor([keep[i].index(i)])) for i in range(3)]).mean()
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+
+
+@pytest.fixture()
+def two_folders(tmp_path):
+    docs = {
+        f"d{i}": f"The {w} is described in this passage about {w} and more."
+        for i, w in enumerate("cat dog sun moon tree".split())
+    }
+    qa = write_beir(
+        tmp_path / "alpha",
+        docs,
+        {f"q{i}": f"what is the {w}" for i, w in enumerate("cat dog sun moon tree".split())},
+        [(f"q{i}", f"d{i}", 1) for i in range(5)],
+    )
+    qb = write_beir(
+        tmp_path / "beta",
+        docs,
+        {"x0": "tell me about sun", "x1": "and the moon", "x2": "moon and sun"},
+        [("x0", "d2", 1), ("x1", "d3", 1), ("x2", "d3", 1)],
+    )
+    return qa, qb
+
+
+def test_build_data_makes_one_source_per_folder(tmp_path, two_folders, tiny_model_dir):
+    qa, qb = two_folders
+    cfg = SFTConfig(
+        out=str(tmp_path / "run"),
+        model=str(tiny_model_dir),
+        data=[str(qa), str(qb)],
+        eval_queries=1,
+        eval_docs=3,
+        weights={"beta": 3.0},
+        max_per_source=3,
+        show_progress=False,
+        batch_size=2,
+    )
+    data = build_data(cfg)
+    assert [n for n, _ in data.sources] == ["alpha", "beta"] and [len(e) for _, e in data.sources] == [3, 3]
+    assert data.probabilities == pytest.approx([1 / 4, 3 / 4])  # equal sizes: the multiplier decides
+    assert all(ex.positive_id and len(ex.negative_ids) == 1 for _, exs in data.sources for ex in exs)
+    with pytest.raises(SFTError, match="unknown sources"):
+        build_data(
+            SFTConfig(out=str(tmp_path / "r2"), data=[str(qa)], weights={"gamma": 1.0}, eval_queries=0, show_progress=False)
+        )
+    assert default_training_folders(tmp_path / "nowhere") == []
+
+
+def test_sliced_lm_and_kl_equal_the_full_computation(tmp_path, two_folders, tiny_model_dir):
+    qa, _ = two_folders
+    cfg = SFTConfig(
+        out=str(tmp_path / "run"),
+        model=str(tiny_model_dir),
+        data=[str(qa)],
+        eval_queries=0,
+        prompts=PROMPTS,
+        bf16=False,
+        show_progress=False,
+        batch_size=3,
+        query_tokens=16,
+        doc_tokens=24,
+        lora_layers=0,
+    )
+    m = SearchR3.from_pretrained(tiny_model_dir, prompts=PROMPTS, bf16=False)
+    prepare_model(m, cfg)
+    with torch.no_grad():  # move the adapter away from zero so that the KL is not trivially 0
+        for n, p in m.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    tr = SFTTrainer(cfg, m, build_data(cfg), {})
+    trace = m.tokenizer("cat dog sun", add_special_tokens=False)["input_ids"] + [m.embed_token_id]
+    heads = tr._prompt(["what is the cat", "what is the sun"], "query", 16, reasoning=True)
+    seqs = [h + trace for h in heads] + tr._prompt(["moon"], "query", 16)
+    spans = [(len(heads[0]), len(seqs[0])), (len(heads[1]), len(seqs[1])), (len(seqs[2]) - tr.answer_len, len(seqs[2]))]
+    qb = m.collate(seqs)
+    rows, cols, targets = tr._lm_positions(seqs, spans)
+    _, logits = tr._logits_at(m.model, qb, rows, cols)
+    with torch.no_grad(), m.model.disable_adapter():
+        _, ref_logits = tr._logits_at(m.model, qb, rows, cols)
+        full_ref = m.model(input_ids=qb["input_ids"], attention_mask=qb["attention_mask"]).logits
+    lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id)
+    full = m.model(input_ids=qb["input_ids"], attention_mask=qb["attention_mask"]).logits
+    labels = torch.full_like(qb["input_ids"], -100)
+    for i, (a, b) in enumerate(spans):
+        labels[i, a:b] = qb["input_ids"][i, a:b]
+    kl_labels = labels.masked_fill(labels == m.embed_token_id, -100)
+    assert lm.item() == pytest.approx(lm_loss(full, labels).item(), abs=1e-5)
+    assert kl.item() == pytest.approx(kl_to_reference(full, full_ref, kl_labels).item(), abs=1e-5)
+    assert kl.item() > 1e-4
+
+
+def test_keyword_traces_name_the_answer_terms_and_end_with_the_token(tiny):
+    docs = ["Mitochondria produce ATP through oxidative phosphorylation in the cell.", "Paris is the capital of France."]
+    tracer = KeywordTracer(docs, max_terms=3)
+    terms = tracer.terms("what do mitochondria make", docs[0])
+    assert len(terms) == 3 and "Mitochondria" not in terms and not {"the", "in", "through"} & set(terms)
+    traces = keyword_traces(tiny, [("what do mitochondria make", docs[0]), ("the the the", "the the")], docs, max_tokens=80)
+    first = traces["what do mitochondria make"]
+    assert first[-1] == tiny.embed_token_id and 1 < len(first) <= 81
+    assert tiny.tokenizer.decode(first[:-1]).startswith("Key terms:")
+    assert traces["the the the"] == [tiny.embed_token_id]  # nothing to add: the empty trace
+
+
+def test_mix_mode_is_the_weighted_sum_of_direct_and_reasoning(tiny):
+    qs = ["paris france", "heart blood"]
+    direct = tiny.encode_query(qs, convert_to_tensor=True)
+    on, stats = tiny.encode_query_with_stats(qs, reasoning=True, max_new_tokens=4)
+    mixed = tiny.encode_query(qs, reasoning="mix", mix_weight=0.7, max_new_tokens=4, convert_to_tensor=True)
+    want = F.normalize(0.7 * direct + 0.3 * torch.from_numpy(on), dim=-1)
+    assert torch.allclose(mixed, want, atol=1e-5)
+    assert 0.0 <= stats["emit_rate"] <= 1.0 and 1 <= stats["mean_new_tokens"] <= 5
+    sampled = tiny.encode_query(qs, reasoning="mix", samples=3, seed=0, max_new_tokens=4)
+    assert sampled.shape == (2, tiny.hidden_size) and np.allclose(np.linalg.norm(sampled, axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="reasoning must be"):
+        tiny.encode_query(qs, reasoning="maybe")
+    with pytest.raises(ValueError, match="mix_weight"):
+        tiny.encode_query(qs, reasoning="mix", mix_weight=1.5)
