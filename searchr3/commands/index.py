@@ -11,7 +11,7 @@ app = typer.Typer(help="Build and extend persistent search indexes.", no_args_is
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(2)
 
 
 def _encode(model, model_name, docs, batch_size, ray, ray_actors, ray_address, bf16):
@@ -34,6 +34,7 @@ def build(
     batch_size: int = typer.Option(16, "--batch-size"),
     exact_threshold: int = typer.Option(20_000, "--exact-threshold", help="Below this many documents search is exact; above, HNSW."),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="Keep document texts in the index."),
+    compact: str = typer.Option("none", "--compact", help="Vector storage: none (float32) or int8 (FAISS scalar quantizer, 4x smaller)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast for encoding."),
     ray: bool = typer.Option(False, "--ray", help="Encode with Ray Data (an actor pool of model replicas)."),
@@ -48,6 +49,8 @@ def build(
         _fail(f"{out} already exists: use `searchr3 index add` to append, or --overwrite")
     if max_length < 16 or batch_size < 1 or exact_threshold < 0:
         _fail("--max-length must be >= 16, --batch-size >= 1, --exact-threshold >= 0")
+    if compact not in ("none", "int8"):
+        raise typer.BadParameter(f"{compact!r} is not one of 'none', 'int8'", param_hint="--compact")
     try:
         docs = read_corpus(corpus)
     except CorpusError as e:
@@ -56,10 +59,25 @@ def build(
     vectors = _encode(m, model, docs, batch_size, ray, ray_actors, ray_address, bf16)
     try:
         index = build_index(m, docs, out, model_name=model, vectors=vectors, batch_size=batch_size,
-                            exact_threshold=exact_threshold, store_text=store_text, sources=[str(corpus)])
+                            exact_threshold=exact_threshold, store_text=store_text, compact=compact, sources=[str(corpus)])
     except ValueError as e:
         _fail(str(e))
-    typer.echo(f"indexed {len(index)} documents ({index.meta.backend}, dim {index.meta.dim}) into {out}")
+    typer.echo(f"indexed {len(index)} documents ({_describe(index)}, dim {index.meta.dim}) into {out}")
+    typer.echo(_truncation_line(index.meta.truncated, len(index), index.meta.max_length))
+
+
+def _describe(index) -> str:
+    m = index.meta
+    kind = "int8" if m.compact == "int8" else "float32"
+    if m.backend == "hnsw":
+        return f"{kind}, HNSW graph: approximate search, as {m.count:,} documents >= --exact-threshold {m.exact_threshold:,}"
+    return f"{kind}, exact search"
+
+
+def _truncation_line(cut: int, total: int, max_length: int) -> str:
+    if not cut:
+        return f"no document was cut at --max-length {max_length} tokens"
+    return f"{cut} of {total} documents were cut at --max-length {max_length} tokens (their ends are not searchable)"
 
 
 @app.command()
@@ -87,7 +105,9 @@ def add(
     try:
         index.check_model(m)
         vectors = _encode(m, name, docs, batch_size, ray, ray_actors, ray_address, bf16)
+        cut_before = index.meta.truncated
         build_index(m, docs, index_dir, base=index, vectors=vectors, batch_size=batch_size, sources=[str(corpus)])
     except ValueError as e:  # includes ModelMismatchError
         _fail(str(e))
-    typer.echo(f"added {len(docs)} documents; {index_dir} now holds {len(index)}")
+    typer.echo(f"added {len(docs)} documents; {index_dir} now holds {len(index)} ({_describe(index)})")
+    typer.echo(_truncation_line(index.meta.truncated - cut_before, len(docs), index.meta.max_length))

@@ -26,15 +26,15 @@ def search(
 
     if k < 1:
         typer.secho("error: -k must be >= 1", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     if not all(q.strip() for q in queries):
         typer.secho("error: a query is empty", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     try:
         searcher = Searcher(index_dir, model, bf16=bf16)
     except IndexFormatError as e:  # includes ModelMismatchError
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     for res in searcher.search_many(list(queries), k=k, reasoning=reasoning):
         if as_json:
             typer.echo(json.dumps({"query": res.query, "reasoning": res.reasoning, "hits": [asdict(h) for h in res.hits]}, ensure_ascii=False))
