@@ -11,15 +11,15 @@ def serve(
     index_dir: Optional[Path] = typer.Argument(None, help="Index folder for POST /search (optional: without it only /v1/embeddings)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model (default: the index's model, else built-in SmolLM2)."),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
-    max_batch: int = typer.Option(32, "--max-batch", help="Texts per model call."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a request waits for others to share its batch."),
-    max_texts: int = typer.Option(64, "--max-texts", help="Inputs per request."),
-    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes"),
-    max_length: int = typer.Option(512, "--max-length", help="Token limit per text (without an index)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Texts per model call."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, max=60_000.0, help="How long a request waits for others to share its batch."),
+    max_texts: int = typer.Option(64, "--max-texts", min=1, help="Inputs per request."),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1),
+    max_length: int = typer.Option(512, "--max-length", min=16, help="Token limit per text (without an index)."),
     bf16: bool = typer.Option(True, "--bf16/--fp32"),
 ) -> None:
-    """Serve POST /v1/embeddings (OpenAI-compatible) and POST /search over HTTP."""
+    """Serve POST /v1/embeddings (OpenAI-compatible), POST /search and a search page at / over HTTP."""
     import uvicorn
 
     from searchr3 import SearchR3
@@ -27,8 +27,8 @@ def serve(
     from searchr3.search import Searcher
     from searchr3.service import ServiceConfig, create_app
 
-    cfg = ServiceConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_texts=max_texts, max_body_bytes=max_body_bytes)
     try:
+        cfg = ServiceConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_texts=max_texts, max_body_bytes=max_body_bytes)
         cfg.model_name = Path(model).name if model else "searchr3"
         if index_dir is not None:
             app = create_app(searcher=Searcher(index_dir, model, bf16=bf16), config=cfg)
@@ -36,5 +36,5 @@ def serve(
             app = create_app(SearchR3.from_pretrained(model, max_length=max_length, bf16=bf16), config=cfg)
     except (IndexFormatError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     uvicorn.run(app, host=host, port=port, log_level="warning")
