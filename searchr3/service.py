@@ -14,7 +14,7 @@ cut at ``max_length`` (``truncated``), and ``usage.truncated_inputs`` counts the
 Every text is checked on its own before it reaches the batcher (type, emptiness, length, valid
 Unicode, and the tokenizer itself), so a bad text gets a 4xx naming its input index and never joins
 a batch; and should a batch still fail, its requests are retried one by one, so one request's
-failure is never another's.
+failure is never another's. ``GET /`` is a small search page (``searchr3/static/search.html``).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,12 @@ def _lone_surrogate(text: str) -> int | None:
     return None
 
 
+def _page() -> str:
+    from importlib.resources import files
+
+    return files("searchr3").joinpath("static/search.html").read_text(encoding="utf-8")
+
+
 # ---------------------------------------------------------------------------------------- the app
 def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig | None = None) -> FastAPI:
     """A FastAPI app over ``model`` (a SearchR3) or ``searcher`` (a :class:`~searchr3.search.Searcher`, enables ``/search``)."""
@@ -268,6 +274,10 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
         except Exception as e:  # noqa: BLE001 - this request alone failed (the batcher isolates requests)
             log.error("encoding failed: %s: %s", type(e).__name__, e)
             raise ClientError(500, f"encoding failed: {type(e).__name__}") from None
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return _page()
 
     @app.get("/health")
     async def health():
