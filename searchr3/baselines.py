@@ -50,7 +50,7 @@ class BM25Retriever:
             stopwords="en",
             stemmer=self.stemmer,
             return_ids=ids,
-            show_progress=show_progress_bar,
+            show_progress=False,  # bm25s draws one bar per sub-step; BM25 takes well under a second here
         )
 
     def index(
@@ -68,7 +68,7 @@ class BM25Retriever:
             show_progress_bar=show_progress_bar,
         )
         self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        self._bm25.index(tokens, show_progress=show_progress_bar)
+        self._bm25.index(tokens, show_progress=False)
 
     def search(
         self, queries: Mapping[str, str], k: int = 100, *, show_progress_bar: bool = False
@@ -83,7 +83,7 @@ class BM25Retriever:
             [queries[q] for q in qids], ids=False, show_progress_bar=show_progress_bar
         )
         k = min(k, len(self.doc_ids))
-        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=show_progress_bar)
+        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=False)
         return {
             qid: {
                 self.doc_ids[d]: float(s)
@@ -112,16 +112,17 @@ class MiniLMEncoder:
         self.model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
 
     def _encode(self, texts: Sequence[str], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+        from tqdm.auto import tqdm
+
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
-        emb = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-        )
-        return np.asarray(emb, dtype=np.float32)
+        texts, chunk = list(texts), batch_size * 8
+        out = []
+        # Our own bar, like searchr3's encoders; sentence-transformers' "Batches" bar stays off.
+        for s in tqdm(range(0, len(texts), chunk), desc=f"encode ({self.name})", unit="chunk", disable=not show_progress_bar):
+            out.append(self.model.encode(texts[s : s + chunk], batch_size=batch_size, show_progress_bar=False,
+                                         normalize_embeddings=True, convert_to_numpy=True))
+        return np.asarray(np.concatenate(out), dtype=np.float32)
 
     def encode_query(
         self,
