@@ -251,13 +251,14 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
         if len(texts) > cfg.max_texts:
             raise ClientError(413, f"too many inputs: {len(texts)} > {cfg.max_texts} per request")
         for i, t in enumerate(texts):
+            name = what if what == "query" else f"{what}[{i}]"
             if not t.strip():
-                raise ClientError(400, f"{what}[{i}] is empty")
+                raise ClientError(400, f"{name} is empty")
             if len(t) > cfg.max_text_chars:
-                raise ClientError(413, f"{what}[{i}] has {len(t)} characters, over the limit of {cfg.max_text_chars}")
+                raise ClientError(413, f"{name} has {len(t)} characters, over the limit of {cfg.max_text_chars}")
             pos = _lone_surrogate(t)
             if pos is not None:
-                raise ClientError(400, f"{what}[{i}] is not valid Unicode text: a lone surrogate U+{ord(t[pos]):04X} at character {pos}")
+                raise ClientError(400, f"{name} is not valid Unicode text: a lone surrogate U+{ord(t[pos]):04X} at character {pos}")
         try:  # the tokenizer is the last judge; it also tells which texts will be cut at max_length
             return model.truncated(texts, kind, reasoning)
         except Exception:  # noqa: BLE001 - find the text it refuses, and name it
@@ -265,7 +266,7 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
                 try:
                     model.truncated([t], kind, reasoning)
                 except Exception as e:  # noqa: BLE001
-                    raise ClientError(400, f"{what}[{i}] cannot be tokenized: {type(e).__name__}") from None
+                    raise ClientError(400, f"{what if what == 'query' else f'{what}[{i}]'} cannot be tokenized: {type(e).__name__}") from None
             raise
 
     async def encode(texts: list[str], kind: str, reasoning: bool):
