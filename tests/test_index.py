@@ -331,6 +331,9 @@ def test_cli_errors(cli, tiny_model_dir, tmp_path):
     assert out.exit_code == 2 and "bad.txt:2: not UTF-8 text" in out.output and "Traceback" not in out.output
     out = r.invoke(cli, ["index", "build", "--corpus", str(tmp_path / "a.txt"), "--out", str(tmp_path / "j"), "--model", str(tiny_model_dir), "--compact", "int4"])
     assert out.exit_code == 2 and "--compact" in out.output
+    (tmp_path / "afile").write_text("keep me")
+    out = r.invoke(cli, ["index", "build", "--corpus", str(tmp_path / "a.txt"), "--out", str(tmp_path / "afile"), "--model", str(tiny_model_dir), "--overwrite"])
+    assert out.exit_code == 2 and "is not a folder" in out.output and (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_cli_reports_truncation_compaction_and_the_ann_choice(cli, tiny_model_dir, tmp_path):

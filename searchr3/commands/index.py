@@ -47,6 +47,8 @@ def build(
 
     if out.exists() and not overwrite:
         _fail(f"{out} already exists: use `searchr3 index add` to append, or --overwrite")
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} exists and is not a folder: refusing to replace it with an index")
     if max_length < 16 or batch_size < 1 or exact_threshold < 0:
         _fail("--max-length must be >= 16, --batch-size >= 1, --exact-threshold >= 0")
     if compact not in ("none", "int8"):
