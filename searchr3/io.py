@@ -21,9 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .data.beir import DataError
 
-class OutputPathError(ValueError):
-    """An output path that cannot be written the way it was asked (a device, a socket, a folder...)."""
+
+class OutputPathError(DataError):
+    """An output path that cannot be written the way it was asked (a device, a socket, a folder...).
+
+    A :class:`~searchr3.data.beir.DataError` (so a ``ValueError``): bad input the command line reports as
+    one ``error:`` line with exit code 2.
+    """
 
 
 def current_umask() -> int:

@@ -104,3 +104,10 @@ def test_eval_with_no_judged_query_left(monkeypatch, capsys, tmp_path):
     data = beir_files.write_beir(tmp_path / "b", {"d0": "cat", "d1": "dog"}, {"q": "dog"}, [("q", "d1", 1)], split="test")
     code, err = run_cli(monkeypatch, capsys, "eval", "--data", data, "--model", "none", "--baselines", "--max-docs", "1")
     assert_clear_error(code, err, "no query has a relevant judgment among the first 1 documents (raise --max-docs)")
+
+
+def test_eval_out_a_folder(monkeypatch, capsys, tmp_path):
+    data = beir_files.write_beir(tmp_path / "b", {"d0": "cat", "d1": "dog"}, {"q": "dog"}, [("q", "d1", 1)], split="test")
+    (tmp_path / "out").mkdir()
+    code, err = run_cli(monkeypatch, capsys, "eval", "--data", data, "--model", "none", "--baselines", "--out", tmp_path / "out")
+    assert_clear_error(code, err, "out is a folder, not a regular file: refusing to replace it")
