@@ -228,7 +228,9 @@ class Index:
         self.meta.count = len(self.docs)
         crossing = self.meta.backend == "exact" and self.meta.count >= self.meta.exact_threshold
         if self.meta.compact == "int8":
-            if crossing or self._faiss is None:
+            # The quantizer's per-dimension ranges are trained on what is there: a flat index is rebuilt on
+            # every add (cheap below the threshold), so new vectors outside the old ranges are not clipped.
+            if crossing or self._faiss is None or self.meta.backend == "exact":
                 old = self._faiss.reconstruct_n(0, start) if self._faiss is not None and start else np.zeros((0, self.meta.dim), np.float32)
                 if crossing:
                     self.meta.backend = "hnsw"
@@ -421,7 +423,8 @@ def _check_hnsw_file(f: Path, meta: IndexMeta) -> None:
     def bad(why: str) -> IndexFormatError:
         return IndexFormatError(f"{f} is corrupted ({why}): rebuild the index")
 
-    raw = np.fromfile(f, dtype=np.uint8)
+    size = f.stat().st_size
+    raw = np.memmap(f, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)  # read as needed, not copied whole
     hsize = _HNSW_HEADER.itemsize
     if len(raw) < hsize:
         raise bad("shorter than the header")
@@ -443,16 +446,22 @@ def _check_hnsw_file(f: Path, meta: IndexMeta) -> None:
     if len(raw) < end0:
         raise bad(f"{len(raw)} bytes, the header promises at least {end0}")
     level0 = raw[hsize:end0].reshape(n, per)
-    link_words = level0[:, :links0].copy().view("<u4")  # [n, 1 + maxM0]: count, then neighbour ids
-    counts = link_words[:, 0] & 0xFFFF
-    if (counts > 2 * m).any():
-        raise bad("a level-0 link list is longer than the graph allows")
-    if (link_words[:, 1:][np.arange(2 * m)[None, :] < counts[:, None]] >= n).any():
-        raise bad("a level-0 link points past the last vector")
-    labels = level0[:, links0 + 4 * dim :].copy().view("<u8").ravel()
-    if not np.array_equal(np.sort(labels), np.arange(n, dtype=np.uint64)):
+    seen = np.zeros(n, dtype=bool)
+    for s in range(0, n, 65_536):  # in slices: a million-vector graph is checked without a second copy in memory
+        block = np.array(level0[s : s + 65_536])
+        link_words = block[:, :links0].view("<u4")  # [rows, 1 + maxM0]: count, then neighbour ids
+        counts = link_words[:, 0] & 0xFFFF
+        if (counts > 2 * m).any():
+            raise bad("a level-0 link list is longer than the graph allows")
+        if (link_words[:, 1:][np.arange(2 * m)[None, :] < counts[:, None]] >= n).any():
+            raise bad("a level-0 link points past the last vector")
+        labels = block[:, links0 + 4 * dim :].view("<u8").ravel()
+        if (labels >= n).any() or seen[labels.astype(np.int64)].any():
+            raise bad("the labels are not the row numbers 0..count-1")
+        seen[labels.astype(np.int64)] = True
+        _check_finite(block[:, links0 : links0 + 4 * dim].view("<f4"), f)
+    if not seen.all():
         raise bad("the labels are not the row numbers 0..count-1")
-    _check_finite(level0[:, links0 : links0 + 4 * dim].copy().view("<f4"), f)
     # Upper levels: per element a uint32 byte count, then that many bytes of link lists.
     per_level = int(h["max_m"]) * 4 + 4
     pos, levels, top = end0, [], np.zeros(n, np.int64)

@@ -220,6 +220,10 @@ def test_int8_compact_index(tiny, tmp_path):
     np.testing.assert_allclose(loaded.vectors(), vecs, atol=0.02)  # decoded int8 is close to the floats
     for a, b in zip(full.search(vecs, 3), loaded.search(vecs, 3)):
         assert a[0].id == b[0].id and abs(a[0].score - b[0].score) < 0.02
+    # a flat int8 index retrains its ranges on every add: a first vector alone does not clip later ones
+    one = build_index(tiny, docs(1), tmp_path / "one", vectors=vecs[:1], compact="int8", show_progress_bar=False)
+    build_index(tiny, docs(5, start=1), tmp_path / "one", base=one, vectors=vecs[1:], show_progress_bar=False)
+    np.testing.assert_allclose(Index.load(tmp_path / "one").vectors(), vecs, atol=0.02)
     # adding crosses the threshold: the int8 index becomes an int8 HNSW graph
     loaded.meta.exact_threshold = 8
     more = encode_documents(tiny, docs(3, start=6), show_progress_bar=False)
