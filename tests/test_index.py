@@ -275,6 +275,8 @@ def test_searcher_api(built, tiny):
     tiny.prompts.max_reasoning_tokens = 4
     res = s.search_many(["the cat", "rain"], k=3, reasoning=True)
     assert [r.query for r in res] == ["the cat", "rain"] and all(isinstance(r.reasoning, str) and len(r.hits) == 3 for r in res)
+    assert [r.truncated for r in res] == [False, False]
+    assert [r.truncated for r in s.search_many(["cat " * 500, "cat"], k=1)] == [True, False]
     with pytest.raises(TypeError):
         s.search_many("not a list")
     with pytest.raises(ValueError, match="k must be"):
@@ -313,6 +315,8 @@ def test_cli_build_add_search(cli, tiny_model_dir, tmp_path):
     assert {h["id"] for x in lines for h in x["hits"]} <= {"1", "2", "3", "4", "b0", "b1"}
     out = r.invoke(cli, ["search", idx, "paris", "-k", "2", "--fp32"])
     assert out.exit_code == 0 and "query: paris" in out.output and "  1. " in out.output
+    out = r.invoke(cli, ["search", idx, "cat " * 500, "-k", "1", "--fp32"])
+    assert out.exit_code == 0 and "note: the query was cut at the index's max_length (400 tokens)" in out.output
 
 
 def test_cli_errors(cli, tiny_model_dir, tmp_path):
