@@ -397,12 +397,15 @@ def _load_faiss(f: Path, meta: IndexMeta):
     faiss = _import_faiss()
     if not f.is_file():
         raise IndexFormatError(f"index {f.parent} is missing {f.name}")
-    data = f.read_bytes()
+    digest = hashlib.sha256()
+    with f.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
     want = meta.checksums.get(FAISS_FILE)
-    if want is None or hashlib.sha256(data).hexdigest() != want:  # checked before FAISS parses a byte of it
+    if want is None or digest.hexdigest() != want:  # checked before FAISS parses a byte of it
         raise IndexFormatError(f"{f} is corrupted: its SHA-256 does not match meta.json")
     try:
-        idx = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        idx = faiss.read_index(str(f))
     except RuntimeError as e:
         raise IndexFormatError(f"{f} is corrupted: {str(e).splitlines()[0]}") from None
     if idx.ntotal != meta.count or idx.d != meta.dim:
