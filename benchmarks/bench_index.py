@@ -6,6 +6,8 @@ On a BEIR split (default: msmarco-mini, test), with one model's document and (di
   `searchr3 index build --compact int8`), each built through searchr3.index.Index: bytes per document as
   held for search (vectors + graph, as serialised), MB per million documents, folder size on disk,
   nDCG@10 / Recall@100 / MRR@10, and search time per query;
+* memory at scale: `--scale-docs` random unit vectors of the model's width in each storage, saved, then
+  loaded by `Index.load` in a fresh process: its resident-memory growth per document, × 10⁶;
 * dimensions: nDCG@10 with the leading d dimensions re-normalised (what `/v1/embeddings` serves for
   `dimensions=d`), exact search, float32.
 
@@ -19,8 +21,11 @@ Writes benchmarks/results/index_compact.json.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +54,46 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir() if f.name != "docs.jsonl")
 
 
+LOAD_RSS = """
+import json, sys
+from pathlib import Path
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+from searchr3.index import Index
+import numpy as np, hnswlib, faiss  # imported before the first reading: only the index itself is counted
+before = rss()
+index = Index.load(sys.argv[1])
+index.search(np.ones((1, index.meta.dim), np.float32), k=10)
+print(json.dumps({"rss_growth": rss() - before}))
+"""
+
+
+def memory_at_scale(model, n: int, dim: int, work: Path) -> list[dict]:
+    """Resident memory a fresh process gains loading each storage of ``n`` random unit vectors."""
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((n, dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    docs = [Doc(str(i), "") for i in range(n)]
+    rows = []
+    for name, compact, threshold in [("float32 exact", "none", 10**9), ("float32 HNSW (hnswlib)", "none", 0),
+                                     ("int8 exact (FAISS SQ8)", "int8", 10**9), ("int8 HNSW (FAISS HNSWSQ8)", "int8", 0)]:
+        index = Index.new(model, None, exact_threshold=threshold, store_text=False, compact=compact)
+        start = time.perf_counter()
+        index.add(docs, vecs)
+        build_s = time.perf_counter() - start
+        path = work / f"scale-{compact}-{threshold}"
+        index.save(path)
+        out = subprocess.run([sys.executable, "-c", LOAD_RSS, str(path)], capture_output=True, text=True, check=True)
+        growth = json.loads(out.stdout.strip().splitlines()[-1])["rss_growth"]
+        rows.append({"storage": name, "documents": n, "build_s": round(build_s, 1), "load_rss_bytes_per_doc": round(growth / n, 1),
+                     "load_rss_mib_per_million_docs": round(growth / n * 1e6 / 2**20), "serialised_bytes_per_doc": round(index.memory_bytes() / n, 1)})
+        print(rows[-1])
+        shutil.rmtree(path)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "msmarco-mini")
@@ -56,6 +101,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: built-in SmolLM2)")
     ap.add_argument("--max-docs", type=int, default=0)
     ap.add_argument("--dims", default="32,64,128,192,256,384,576")
+    ap.add_argument("--scale-docs", type=int, default=50_000, help="random vectors for the memory-at-scale rows (0: skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "index_compact.json")
     args = ap.parse_args()
 
@@ -87,6 +133,7 @@ def main() -> None:
                    "search_ms_per_query": round(per_query * 1000, 3), **{k: round(v, 4) for k, v in m.items() if k != "num_queries"}}
             storage.append(row)
             print(row)
+        scale = memory_at_scale(model, args.scale_docs, dim, work) if args.scale_docs > 0 else []
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -101,12 +148,13 @@ def main() -> None:
 
     result = {
         "benchmark": "index storage (float32 vs int8, exact vs HNSW) and embedding dimensions",
-        "command": "python benchmarks/bench_index.py" + (f" --model {args.model}" if args.model else "") + (f" --max-docs {args.max_docs}" if args.max_docs else ""),
+        "command": "python benchmarks/bench_index.py" + (f" --model {args.model}" if args.model else "") + (f" --max-docs {args.max_docs}" if args.max_docs else "")
+        + (f" --scale-docs {args.scale_docs}" if args.scale_docs != 50_000 else ""),
         "dataset": ds.name, "split": args.split, "documents": n, "judged_queries": len(qids), "dim": dim,
         "model": args.model or "smollm2 (built-in, zero-shot)", "queries": "direct (reasoning off)",
         "note": "bytes_per_doc: vectors + graph as serialised (what search holds in memory besides texts); dimensions: leading d dims re-normalised, exact search; the model was not trained for shortened embeddings (no Matryoshka loss)",
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "storage": storage, "dimensions": dims,
+        "storage": storage, "memory_at_scale": scale, "dimensions": dims,
     }
     atomic_write_json(args.out, result)
     print(f"written {args.out}")
