@@ -350,6 +350,11 @@ def test_cli_reports_truncation_compaction_and_the_ann_choice(cli, tiny_model_di
     out = CliRunner().invoke(cli, ["index", "build", "--corpus", str(tmp_path / "c.txt"), "--out", str(tmp_path / "i"), "--model", str(tiny_model_dir),
                                    "--max-length", "120", "--fp32", "--compact", "int8", "--exact-threshold", "2"])
     assert out.exit_code == 0, out.output
+    assert "plan: 4 documents -> int8 vectors, an HNSW graph (approximate search: 4 documents >= --exact-threshold 2); vectors ~0 MiB" in out.output
     assert "indexed 4 documents (int8, HNSW graph: approximate search, as 4 documents >= --exact-threshold 2" in out.output
+    from searchr3.commands.index import _plan
+
+    assert "warning: that is over half the memory available now" in _plan(10**12, 576, "none", 20_000)
+    assert "--compact int8 needs a quarter" in _plan(10**12, 576, "none", 20_000)
     assert "2 of 4 documents were cut at --max-length 120 tokens" in out.output
     assert Index.load(tmp_path / "i").meta.truncated == 2

@@ -58,6 +58,7 @@ def build(
     except CorpusError as e:
         _fail(str(e))
     m = SearchR3.from_pretrained(model, max_length=max_length, bf16=bf16)
+    typer.echo(_plan(len(docs), m.hidden_size, compact, exact_threshold))
     vectors = _encode(m, model, docs, batch_size, ray, ray_actors, ray_address, bf16)
     try:
         index = build_index(m, docs, out, model_name=model, vectors=vectors, batch_size=batch_size,
@@ -66,6 +67,29 @@ def build(
         _fail(str(e))
     typer.echo(f"indexed {len(index)} documents ({_describe(index)}, dim {index.meta.dim}) into {out}")
     typer.echo(_truncation_line(index.meta.truncated, len(index), index.meta.max_length))
+
+
+def _plan(n: int, dim: int, compact: str, exact_threshold: int) -> str:
+    """What will be built, and what its vectors will take, said before the (long) encoding starts."""
+    per_doc = dim if compact == "int8" else 4 * dim
+    need = n * per_doc / 2**20
+    search = "exact search" if n < exact_threshold else f"an HNSW graph (approximate search: {n:,} documents >= --exact-threshold {exact_threshold:,})"
+    line = f"plan: {n:,} documents -> {'int8' if compact == 'int8' else 'float32'} vectors, {search}; vectors ~{need:,.0f} MiB"
+    available = _available_mib()
+    if available is not None and need > 0.5 * available:
+        hint = "" if compact == "int8" else "; --compact int8 needs a quarter of that"
+        line += f"\nwarning: that is over half the memory available now ({available:,.0f} MiB){hint}"
+    return line
+
+
+def _available_mib() -> float | None:
+    try:
+        for row in Path("/proc/meminfo").read_text().splitlines():
+            if row.startswith("MemAvailable:"):
+                return int(row.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _describe(index) -> str:
