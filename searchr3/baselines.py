@@ -35,16 +35,24 @@ class MiniLMEncoder:
         self.model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
 
     def _encode(self, texts: Sequence[str], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+        from tqdm.auto import tqdm
+
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
-        emb = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-        )
-        return np.asarray(emb, dtype=np.float32)
+        texts, chunk = list(texts), batch_size * 8
+        out = []
+        # Our own bar, like searchr3's encoders; sentence-transformers' "Batches" bar stays off.
+        for s in tqdm(range(0, len(texts), chunk), desc=f"encode ({self.name})", unit="chunk", disable=not show_progress_bar):
+            out.append(
+                self.model.encode(
+                    texts[s : s + chunk],
+                    batch_size=batch_size,
+                    show_progress_bar=False,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                )
+            )
+        return np.asarray(np.concatenate(out), dtype=np.float32)
 
     def encode_query(self, texts: Sequence[str], *, reasoning: bool = False, **kwargs: Any) -> np.ndarray:
         """L2-normalised float32 rows, one per query: encoded as documents are (``reasoning`` is ignored)."""

@@ -22,7 +22,7 @@ import pytrec_eval
 from rich.table import Table
 
 from searchr3.baselines import BM25Retriever
-from searchr3.data.beir import BeirDataset, doc_text, judged_queries, load_beir
+from searchr3.data.beir import BeirDataset, DataError, doc_text, judged_queries, load_beir
 from searchr3.io import atomic_write_json
 from searchr3.retrieval import CorpusEmbeddings, Run, as_numpy, cached_encode, default_corpus_cache, dense_retrieve
 
@@ -240,6 +240,9 @@ def run_evaluation(
     rows then carry the sub-corpus in their ``dataset`` name.
     """
     dataset = load_beir(data_dir, split).subset(max_docs)
+    if not dataset.judged_query_ids():  # checked before any encoding; a DataError is one `error:` line on the CLI
+        cut = f" among the first {max_docs} documents (raise --max-docs)" if max_docs > 0 else ""
+        raise DataError(f"no query has a relevant judgment{cut}", Path(data_dir) / "qrels" / f"{split}.tsv")
     corpus_cache: dict[int, CorpusEmbeddings] = {}
     rows = []
     for name, system, reasoning in systems:

@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -59,11 +59,27 @@ def query_mode(reasoning: bool | str) -> str:
 def _as_list(texts: str | Sequence[str]) -> tuple[list[str], bool]:
     if isinstance(texts, str):
         return [texts], True
+    if isinstance(texts, (dict, bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts is a {type(texts).__name__}; expected a string or a list of strings")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
     return texts, False
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def _check_sampling(temperature: Any, top_p: Any) -> None:
+    import math
+
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:  # NaN fails the comparison too
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 class SearchR3:
@@ -184,6 +200,15 @@ class SearchR3:
         encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [tpl.build(ids, room) for ids in encoded]
 
+    def truncated(self, texts: Sequence[str], kind: Kind = "document", reasoning: bool = False) -> list[bool]:
+        """For each text, whether encoding it cuts it at ``max_length`` (see :meth:`prompt_ids`)."""
+        items, _ = _as_list(texts)
+        if not items:
+            return []
+        tpl = self.template(kind, reasoning)
+        room = self.max_length - (self.prompts.max_reasoning_tokens + 1 if reasoning else 0) - tpl.overhead
+        return [len(ids) > room for ids in self.tokenizer(items, add_special_tokens=False)["input_ids"]]
+
     def collate(self, ids: Sequence[Sequence[int]], *, left: bool = False) -> dict[str, torch.Tensor]:
         """Pad id lists to one batch. ``embed_index`` is each row's last real position."""
         pad = self.tokenizer.pad_token_id
@@ -265,6 +290,7 @@ class SearchR3:
         Texts longer than ``max_length`` are cut at the end of the text, never of the prompt.
         """
         items, single = _as_list(texts)
+        _check_batch_size(batch_size)
         if not items:
             return self._finish(torch.empty((0, self.hidden_size)), False, False, convert_to_numpy, convert_to_tensor)
         mode = query_mode(reasoning)
@@ -354,12 +380,12 @@ class SearchR3:
     ) -> Rollouts:
         """Generate reasoning for each query and embed it at the ``<|embed_token|>`` that ends it."""
         items, _ = _as_list(texts)
+        _check_batch_size(batch_size)
+        _check_sampling(temperature, top_p)
         if max_new_tokens is None:
             max_new_tokens = self.prompts.max_reasoning_tokens
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
-        if do_sample and temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         prompts = self.prompt_ids(items, "query", reasoning=True)
         order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))

@@ -15,6 +15,7 @@ class SearchResult:
     query: str
     hits: list[Hit]
     reasoning: str | None = None
+    truncated: bool = False  # the query was cut at the model's max_length
 
 
 class Searcher:
@@ -45,9 +46,10 @@ class Searcher:
             raise TypeError("queries must be a list of strings")
         if not queries:
             return []
+        cut = self.model.truncated(queries, "query", reasoning)
         if reasoning:
             out = self.model.reason(queries, batch_size=batch_size, **generation)
             emb, texts = out.embeddings.numpy(), out.texts
         else:
             emb, texts = self.model.encode_query(queries, batch_size=batch_size, **generation), [None] * len(queries)
-        return [SearchResult(q, hits, t) for q, hits, t in zip(queries, self.index.search(emb, k), texts)]
+        return [SearchResult(q, hits, t, c) for q, hits, t, c in zip(queries, self.index.search(emb, k), texts, cut)]

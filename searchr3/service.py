@@ -7,12 +7,21 @@ model call on a single worker thread, which also keeps the model off the event l
 ``/v1/embeddings`` follows the OpenAI request/response shape (``input`` string or list, ``model``,
 ``encoding_format`` float|base64); Search-R3 options go in ``extra``:
 ``{"reasoning": true, "input_type": "query"|"document"}`` (the OpenAI client sends it with
-``extra_body={"extra": {...}}``).
+``extra_body={"extra": {...}}``). ``dimensions`` (1..hidden size) returns the leading dimensions of
+each embedding, re-normalised (Matryoshka-style truncation). Each item says whether its text was
+cut at ``max_length`` (``truncated``), and ``usage.truncated_inputs`` counts them.
+
+Every text is checked on its own before it reaches the batcher (type, emptiness, length, valid
+Unicode, and the tokenizer itself), so a bad text gets a 4xx naming its input index and never joins
+a batch; and should a batch still fail, its requests are retried one by one, so one request's
+failure is never another's. ``GET /`` is a small search page (``searchr3/static/search.html``).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import math
 import queue
 import threading
 import time
@@ -24,8 +33,10 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +48,14 @@ class ServiceConfig:
     max_body_bytes: int = 1_000_000
     max_k: int = 100
     model_name: str = "searchr3"
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_texts", "max_text_chars", "max_body_bytes", "max_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not (isinstance(self.max_wait_ms, (int, float)) and math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms!r}")
 
 
 # ---------------------------------------------------------------------------------------- batching
@@ -100,17 +119,23 @@ class MicroBatcher:
             if stop:
                 return
 
+    def _call(self, texts: list[str], kind: str, reasoning: bool):
+        if reasoning:
+            out = self.model.reason(texts, batch_size=self.max_batch)
+            return out.embeddings.numpy(), out.texts
+        return self.model.encode(texts, kind=kind, batch_size=self.max_batch), None
+
     def _encode(self, jobs: list[_Job], kind: str, reasoning: bool) -> None:
         texts = [t for job in jobs for t in job.texts]
         try:
-            if reasoning:
-                out = self.model.reason(texts, batch_size=self.max_batch)
-                emb, thoughts = out.embeddings.numpy(), out.texts
-            else:
-                emb, thoughts = self.model.encode(texts, kind=kind, batch_size=self.max_batch), None
-        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+            emb, thoughts = self._call(texts, kind, reasoning)
+        except Exception as e:  # noqa: BLE001 - isolate: retry each request alone, so only the culprit fails
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(e)
+                return
+            log.warning("a batch of %d requests failed (%s: %s); retrying them one by one", len(jobs), type(e).__name__, e)
             for job in jobs:
-                job.future.set_exception(e)
+                self._encode([job], kind, reasoning)
             return
         self.batches += 1
         self.texts += len(texts)
@@ -151,6 +176,30 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
+def shorten(emb: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """The leading ``dimensions`` of each row, L2-normalised again (``None``: unchanged)."""
+    if dimensions is None or dimensions == emb.shape[-1]:
+        return emb
+    out = np.asarray(emb[..., :dimensions], dtype=np.float32)
+    norms = np.linalg.norm(out, axis=-1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Position of the first lone surrogate (valid in JSON as ``"\\ud800"``, but not Unicode text), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def _page() -> str:
+    from importlib.resources import files
+
+    return files("searchr3").joinpath("static/search.html").read_text(encoding="utf-8")
+
+
 # ---------------------------------------------------------------------------------------- the app
 def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig | None = None) -> FastAPI:
     """A FastAPI app over ``model`` (a SearchR3) or ``searcher`` (a :class:`~searchr3.search.Searcher`, enables ``/search``)."""
@@ -173,6 +222,9 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         if request.method == "POST":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return _error(415, f"the request body must be JSON (Content-Type: application/json), got {ctype or 'no Content-Type'!r}")
             length = request.headers.get("content-length")
             if length is None:
                 return _error(411, "a Content-Length header is required")
@@ -190,60 +242,86 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError):
-        return _error(exc.status, exc.message)
+        return _error(exc.status, exc.message, "invalid_request_error" if exc.status < 500 else "server_error")
 
-    def check_texts(texts: list[str]) -> None:
+    def check_texts(texts: list[str], kind: str, reasoning: bool, what: str = "input") -> list[bool]:
+        """Every check a text can fail, per text, before it joins a batch; returns the truncation flags."""
         if not texts:
-            raise ClientError(400, "input must not be empty")
+            raise ClientError(400, f"{what} must not be empty")
         if len(texts) > cfg.max_texts:
             raise ClientError(413, f"too many inputs: {len(texts)} > {cfg.max_texts} per request")
         for i, t in enumerate(texts):
+            name = what if what == "query" else f"{what}[{i}]"
             if not t.strip():
-                raise ClientError(400, f"input[{i}] is empty")
+                raise ClientError(400, f"{name} is empty")
             if len(t) > cfg.max_text_chars:
-                raise ClientError(413, f"input[{i}] has {len(t)} characters, over the limit of {cfg.max_text_chars}")
+                raise ClientError(413, f"{name} has {len(t)} characters, over the limit of {cfg.max_text_chars}")
+            pos = _lone_surrogate(t)
+            if pos is not None:
+                raise ClientError(400, f"{name} is not valid Unicode text: a lone surrogate U+{ord(t[pos]):04X} at character {pos}")
+        try:  # the tokenizer is the last judge; it also tells which texts will be cut at max_length
+            return model.truncated(texts, kind, reasoning)
+        except Exception:  # noqa: BLE001 - find the text it refuses, and name it
+            for i, t in enumerate(texts):
+                try:
+                    model.truncated([t], kind, reasoning)
+                except Exception as e:  # noqa: BLE001
+                    raise ClientError(400, f"{what if what == 'query' else f'{what}[{i}]'} cannot be tokenized: {type(e).__name__}") from None
+            raise
 
     async def encode(texts: list[str], kind: str, reasoning: bool):
-        return await asyncio.wrap_future(state["batcher"].submit(texts, kind, reasoning))
+        try:
+            return await asyncio.wrap_future(state["batcher"].submit(texts, kind, reasoning))
+        except Exception as e:  # noqa: BLE001 - this request alone failed (the batcher isolates requests)
+            log.error("encoding failed: %s: %s", type(e).__name__, e)
+            raise ClientError(500, f"encoding failed: {type(e).__name__}") from None
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return _page()
 
     @app.get("/health")
     async def health():
         b = state["batcher"]
         return {"status": "ok", "model": cfg.model_name, "dim": model.hidden_size, "documents": len(searcher.index) if searcher else 0,
-                "batches": b.batches, "texts": b.texts}
+                "search": searcher is not None, "batches": b.batches, "texts": b.texts}
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest):
         texts = [req.input] if isinstance(req.input, str) else req.input
-        check_texts(texts)
-        if req.dimensions is not None and req.dimensions != model.hidden_size:
-            raise ClientError(400, f"dimensions must be {model.hidden_size} (this model cannot shorten embeddings)")
+        dim = model.hidden_size
+        if req.dimensions is not None and not 1 <= req.dimensions <= dim:
+            raise ClientError(400, f"dimensions must be between 1 and {dim}, got {req.dimensions}")
         kind = req.extra.input_type or ("query" if req.extra.reasoning else "document")
         if req.extra.reasoning and kind != "query":
             raise ClientError(400, "reasoning applies to queries only (input_type 'query')")
+        cut = check_texts(texts, kind, req.extra.reasoning)
         emb, thoughts = await encode(texts, kind, req.extra.reasoning)
+        emb = shorten(emb, req.dimensions)
         tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"])
         data = []
         for i, row in enumerate(emb):
             vec = base64.b64encode(row.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else row.tolist()
-            item = {"object": "embedding", "index": i, "embedding": vec}
+            item = {"object": "embedding", "index": i, "embedding": vec, "truncated": cut[i]}
             if thoughts is not None:
                 item["reasoning"] = thoughts[i]
             data.append(item)
-        return {"object": "list", "data": data, "model": req.model or cfg.model_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_inputs": sum(cut)}
+        return {"object": "list", "data": data, "model": req.model or cfg.model_name, "usage": usage}
 
     @app.post("/search")
     async def search(req: SearchRequest):
         if searcher is None:
             raise ClientError(404, "this server has no index (start it with `searchr3 serve IDX`)")
-        check_texts([req.query])
         if not 1 <= req.k <= cfg.max_k:
             raise ClientError(400, f"k must be between 1 and {cfg.max_k}")
+        cut = check_texts([req.query], "query", req.reasoning, what="query")
         emb, thoughts = await encode([req.query], "query", req.reasoning)
         hits = searcher.index.search(np.asarray(emb), req.k)[0]
         return {
             "query": req.query,
             "reasoning": thoughts[0] if thoughts else None,
+            "truncated": cut[0],
             "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "text": h.text} for h in hits],
         }
 

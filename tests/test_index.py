@@ -103,19 +103,148 @@ def test_other_model_is_refused(built, tmp_path):
         build_index(other, docs(1, start=50), path, base=Index.load(path), show_progress_bar=False)
 
 
-@pytest.mark.parametrize("damage,msg", [
-    (lambda p: (p / "vectors.npy").unlink(), "missing vectors.npy"),
-    (lambda p: (p / "vectors.npy").write_bytes(b"garbage"), "corrupted"),
-    (lambda p: (p / "meta.json").write_text("{not json"), "corrupted"),
-    (lambda p: (p / "meta.json").unlink(), "not an index"),
-    (lambda p: (p / "docs.jsonl").write_text('{"id": "d0"}\n'), "1 documents but"),
-    (lambda p: (p / "docs.jsonl").write_text("oops\n"), "corrupted document line"),
-])
+def _edit_meta(p, **fields):
+    meta = json.loads((p / "meta.json").read_text())
+    meta.update(fields)
+    (p / "meta.json").write_text(json.dumps(meta))
+
+
+def _nan_vectors(p):
+    v = np.load(p / "vectors.npy")
+    v[2, 5] = np.nan
+    np.save(p / "vectors.npy", v)
+
+
+DAMAGE = [
+    ("vectors.npy missing", lambda p: (p / "vectors.npy").unlink(), "missing vectors.npy"),
+    ("vectors.npy garbage", lambda p: (p / "vectors.npy").write_bytes(b"garbage"), "vectors.npy is corrupted"),
+    ("vectors.npy empty", lambda p: (p / "vectors.npy").write_bytes(b""), "vectors.npy is corrupted"),
+    ("vectors.npy strings", lambda p: np.save(p / "vectors.npy", np.full((6, 32), "x")), "holds <U1 values, expected float32 vectors"),
+    ("vectors.npy NaN", _nan_vectors, "1 vectors contain NaN or inf \\(first at row 2\\)"),
+    ("meta.json not JSON", lambda p: (p / "meta.json").write_text("{not json"), "corrupted"),
+    ("meta.json missing", lambda p: (p / "meta.json").unlink(), "not an index"),
+    ("meta.json max_length 0", lambda p: _edit_meta(p, max_length=0), "max_length is 0, expected an integer >= 16"),
+    ("meta.json dim a string", lambda p: _edit_meta(p, dim="32"), "dim is '32', expected an integer >= 1"),
+    ("meta.json unknown compact", lambda p: _edit_meta(p, compact="int4"), "compact is 'int4'"),
+    ("docs.jsonl short", lambda p: (p / "docs.jsonl").write_text('{"id": "d0"}\n'), "1 documents but"),
+    ("docs.jsonl garbage line", lambda p: (p / "docs.jsonl").write_text("oops\n"), "corrupted document line"),
+    ("docs.jsonl non-UTF-8", lambda p: (p / "docs.jsonl").write_bytes((p / "docs.jsonl").read_bytes().replace(b"cat", b"c\xfft")), "docs.jsonl:1: not UTF-8 \\(byte 0xff\\)"),
+]
+
+
+@pytest.mark.parametrize("damage,msg", [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
 def test_damaged_index_is_a_clear_error(built, damage, msg):
     _, path = built
     damage(path)
     with pytest.raises(IndexFormatError, match=msg):
         Index.load(path)
+
+
+@pytest.fixture()
+def hnsw_built(tiny, tmp_path):
+    vecs = np.random.default_rng(0).standard_normal((300, tiny.hidden_size)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    build_index(tiny, docs(300), tmp_path / "h", vectors=vecs, exact_threshold=0, show_progress_bar=False)
+    return tmp_path / "h"
+
+
+def _poke(path, offset, data):
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + len(data)] = data
+    path.write_bytes(bytes(raw))
+
+
+HNSW_DAMAGE = [
+    ("header count", lambda f: _poke(f, 16, (10**12).to_bytes(8, "little")), "header says 1000000000000 vectors"),
+    ("header M", lambda f: _poke(f, 72, (7).to_bytes(8, "little")), "header has M=7"),
+    ("header element size", lambda f: _poke(f, 24, (12).to_bytes(8, "little")), "element layout does not fit"),
+    ("header entry point", lambda f: _poke(f, 52, (10**6).to_bytes(4, "little")), "entry point or level out of range"),
+    ("header max level", lambda f: _poke(f, 48, (9).to_bytes(4, "little")), "entry point is not on the top level|impossible size"),
+    ("header all garbage", lambda f: _poke(f, 0, b"\xff" * 96), "is corrupted"),
+    ("a link past the end", lambda f: _poke(f, 96 + 4, (10**6).to_bytes(4, "little")), "level-0 link points past the last vector"),
+    ("cut short", lambda f: f.write_bytes(f.read_bytes()[:5000]), "bytes, the header promises|cut short|impossible size"),
+    ("trailing bytes", lambda f: f.write_bytes(f.read_bytes() + b"\0" * 8), "unexpected bytes at the end"),
+    ("empty file", lambda f: f.write_bytes(b""), "shorter than the header"),
+]
+
+
+@pytest.mark.parametrize("damage,msg", [d[1:] for d in HNSW_DAMAGE], ids=[d[0] for d in HNSW_DAMAGE])
+def test_corrupted_hnsw_file_is_an_error_not_a_crash(hnsw_built, damage, msg):
+    """hnswlib trusts its file; before the check a bad header was a segmentation fault of the whole process."""
+    damage(hnsw_built / "index.bin")
+    with pytest.raises(IndexFormatError, match=msg):
+        Index.load(hnsw_built)
+
+
+def test_hnsw_file_check_accepts_every_real_graph(hnsw_built, tiny):
+    loaded = Index.load(hnsw_built)  # 300 vectors: a graph with upper levels
+    assert len(loaded) == 300 and loaded.search(loaded.vectors()[7], k=1)[0][0].id == "d7"
+
+
+def test_nan_vectors_are_refused_when_added(tiny, tmp_path):
+    vecs = np.ones((2, tiny.hidden_size), np.float32)
+    vecs[1, 0] = np.nan
+    with pytest.raises(ValueError, match="vector of document 'd1' is not finite"):
+        build_index(tiny, docs(2), tmp_path / "x", vectors=vecs, show_progress_bar=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_index_is_readable_by_other_accounts(built):
+    """The folder and its files follow the umask (0755/0644 here), not mkdtemp/mkstemp's private 0700/0600."""
+    import os
+    import stat
+
+    _, path = built
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
+    for f in path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
+
+
+def test_int8_compact_index(tiny, tmp_path):
+    vecs = encode_documents(tiny, docs(), show_progress_bar=False)
+    full = build_index(tiny, docs(), tmp_path / "f", vectors=vecs, show_progress_bar=False)
+    build_index(tiny, docs(), tmp_path / "c", vectors=vecs, compact="int8", show_progress_bar=False)
+    assert (tmp_path / "c" / "index.faiss").is_file() and not (tmp_path / "c" / "vectors.npy").exists()
+    loaded = Index.load(tmp_path / "c")
+    assert loaded.meta.compact == "int8" and loaded.meta.backend == "exact"
+    rnd = np.random.default_rng(1).standard_normal((300, tiny.hidden_size)).astype(np.float32)
+    rnd /= np.linalg.norm(rnd, axis=1, keepdims=True)
+    f300 = build_index(tiny, docs(300), tmp_path / "f300", vectors=rnd, show_progress_bar=False)
+    c300 = build_index(tiny, docs(300), tmp_path / "c300", vectors=rnd, compact="int8", show_progress_bar=False)
+    assert f300.memory_bytes() == 300 * tiny.hidden_size * 4
+    assert c300.memory_bytes() < 300 * tiny.hidden_size * 1.1  # 1 byte per dimension instead of 4, plus the trained ranges
+    np.testing.assert_allclose(loaded.vectors(), vecs, atol=0.02)  # decoded int8 is close to the floats
+    for a, b in zip(full.search(vecs, 3), loaded.search(vecs, 3)):
+        assert a[0].id == b[0].id and abs(a[0].score - b[0].score) < 0.02
+    # a flat int8 index retrains its ranges on every add: a first vector alone does not clip later ones
+    one = build_index(tiny, docs(1), tmp_path / "one", vectors=vecs[:1], compact="int8", show_progress_bar=False)
+    build_index(tiny, docs(5, start=1), tmp_path / "one", base=one, vectors=vecs[1:], show_progress_bar=False)
+    np.testing.assert_allclose(Index.load(tmp_path / "one").vectors(), vecs, atol=0.02)
+    # adding crosses the threshold: the int8 index becomes an int8 HNSW graph
+    loaded.meta.exact_threshold = 8
+    more = encode_documents(tiny, docs(3, start=6), show_progress_bar=False)
+    build_index(tiny, docs(3, start=6), tmp_path / "c", base=loaded, vectors=more, show_progress_bar=False)
+    again = Index.load(tmp_path / "c")
+    assert len(again) == 9 and again.meta.backend == "hnsw" and again.meta.compact == "int8"
+    assert again.search(more[1], k=1)[0][0].id == "d7"
+    raw = bytearray((tmp_path / "c" / "index.faiss").read_bytes())
+    raw[10] ^= 0xFF
+    (tmp_path / "c" / "index.faiss").write_bytes(bytes(raw))
+    with pytest.raises(IndexFormatError, match="SHA-256 does not match"):
+        Index.load(tmp_path / "c")
+
+
+@pytest.mark.parametrize("name,content,msg", [
+    ("latin1.txt", b"caf\xe9 au lait\n", "latin1.txt:1: not UTF-8 text \\(byte 0xe9 at offset 3\\)"),
+    ("latin1.jsonl", b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n', "latin1.jsonl:2: not UTF-8"),
+    ("surrogate.jsonl", b'{"_id": "a", "text": "x \\ud800 y"}\n', "surrogate.jsonl:1: the text holds a lone surrogate"),
+])
+def test_corpus_encoding_errors(tmp_path, name, content, msg):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CorpusError, match=msg):
+        read_corpus(tmp_path / name)
 
 
 def test_missing_index(tmp_path):
@@ -158,6 +287,8 @@ def test_searcher_api(built, tiny):
     tiny.prompts.max_reasoning_tokens = 4
     res = s.search_many(["the cat", "rain"], k=3, reasoning=True)
     assert [r.query for r in res] == ["the cat", "rain"] and all(isinstance(r.reasoning, str) and len(r.hits) == 3 for r in res)
+    assert [r.truncated for r in res] == [False, False]
+    assert [r.truncated for r in s.search_many(["cat " * 500, "cat"], k=1)] == [True, False]
     with pytest.raises(TypeError):
         s.search_many("not a list")
     with pytest.raises(ValueError, match="k must be"):
@@ -172,7 +303,7 @@ def test_cli_build_add_search(cli, tiny_model_dir, tmp_path):
     common = ["--model", tiny_model_dir, "--fp32"]
     out = cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", idx, "--max-length", "400", *common)
     assert out.code == 0, out.err[-2000:]
-    assert "indexed 4 documents" in out.out
+    assert "indexed 4 documents (float32, exact search" in out.out and "no document was cut at --max-length 400" in out.out
     cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", idx, *common).assert_bad_input("already exists")
     out = cli("index", "add", idx, "--corpus", tmp_path / "b.jsonl", "--fp32")
     assert out.code == 0 and "now holds 6" in out.out, out.err[-2000:]
@@ -183,6 +314,8 @@ def test_cli_build_add_search(cli, tiny_model_dir, tmp_path):
     assert {h["id"] for x in lines for h in x["hits"]} <= {"1", "2", "3", "4", "b0", "b1"}
     out = cli("search", idx, "paris", "-k", "2", "--fp32")
     assert out.code == 0 and "query: paris" in out.out and "  1. " in out.out
+    out = cli("search", idx, "cat " * 500, "-k", "1", "--fp32")
+    assert out.code == 0 and "note: the query was cut at the index's max_length (400 tokens)" in out.out
 
 
 def test_cli_errors(cli, tiny_model_dir, tmp_path):
@@ -196,3 +329,26 @@ def test_cli_errors(cli, tiny_model_dir, tmp_path):
     cli("index", "add", tmp_path / "i", "--corpus", tmp_path / "a.txt", "--model", other, "--fp32").assert_bad_input("built by model")
     cli("index", "add", tmp_path / "i", "--corpus", tmp_path / "a.txt", "--fp32").assert_bad_input("already in the index")
     cli("search", tmp_path / "i", "  ").assert_bad_input("empty")
+    cli("search", tmp_path / "i", " ").assert_bad_input("empty")
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
+    cli("index", "build", "--corpus", tmp_path / "bad.txt", "--out", tmp_path / "j", "--model", tiny_model_dir).assert_bad_input("bad.txt:2: not UTF-8 text")
+    cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "j", "--model", tiny_model_dir, "--compact", "int4").assert_bad_input("--compact")
+    (tmp_path / "afile").write_text("keep me")
+    cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "afile", "--model", tiny_model_dir, "--overwrite").assert_bad_input("is not a folder")
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_cli_reports_truncation_compaction_and_the_ann_choice(cli, tiny_model_dir, tmp_path):
+    long = " ".join(["the heart pumps blood through the body"] * 40)
+    (tmp_path / "c.txt").write_text("\n".join([long, "short one", long, "cat"]) + "\n")
+    out = cli("index", "build", "--corpus", tmp_path / "c.txt", "--out", tmp_path / "i", "--model", tiny_model_dir,
+              "--max-length", "120", "--fp32", "--compact", "int8", "--exact-threshold", "2")
+    assert out.code == 0, out.err[-2000:]
+    assert "plan: 4 documents -> int8 vectors, an HNSW graph (approximate search: 4 documents >= --exact-threshold 2); vectors ~0 MiB" in out.out
+    assert "indexed 4 documents (int8, HNSW graph: approximate search, as 4 documents >= --exact-threshold 2" in out.out
+    from searchr3.commands.index import _plan
+
+    assert "warning: that is over half the memory available now" in _plan(10**12, 576, "none", 20_000)
+    assert "--compact int8 needs a quarter" in _plan(10**12, 576, "none", 20_000)
+    assert "2 of 4 documents were cut at --max-length 120 tokens" in out.out
+    assert Index.load(tmp_path / "i").meta.truncated == 2

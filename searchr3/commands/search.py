@@ -37,9 +37,12 @@ def search(
     searcher = Searcher(index_dir, model, bf16=bf16)  # IndexFormatError, ModelMismatchError: bad input
     for res in searcher.search_many(list(queries), k=k, reasoning=reasoning):
         if as_json:
-            typer.echo(json.dumps({"query": res.query, "reasoning": res.reasoning, "hits": [asdict(h) for h in res.hits]}, ensure_ascii=False))
+            typer.echo(json.dumps({"query": res.query, "reasoning": res.reasoning, "truncated": res.truncated,
+                                   "hits": [asdict(h) for h in res.hits]}, ensure_ascii=False))
             continue
         typer.secho(f"query: {res.query}", bold=True)
+        if res.truncated:
+            typer.echo(f"note: the query was cut at the index's max_length ({searcher.model.max_length} tokens)")
         if res.reasoning is not None:
             typer.echo(f"reasoning: {res.reasoning}")
         for h in res.hits:

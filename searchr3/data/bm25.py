@@ -37,7 +37,7 @@ class BM25Retriever:
             stopwords="en",
             stemmer=self.stemmer,
             return_ids=ids,
-            show_progress=show_progress_bar,
+            show_progress=False,  # bm25s draws one bar per sub-step; BM25 takes well under a second here
         )
 
     def index(self, corpus: Mapping[str, Mapping[str, str]], *, show_progress_bar: bool = False) -> None:
@@ -53,7 +53,7 @@ class BM25Retriever:
             show_progress_bar=show_progress_bar,
         )
         self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        self._bm25.index(tokens, show_progress=show_progress_bar)
+        self._bm25.index(tokens, show_progress=False)
 
     def search(self, queries: Mapping[str, str], k: int = 100, *, show_progress_bar: bool = False) -> dict[str, dict[str, float]]:
         """Top-``k`` run ``{qid: {doc id: score}}``, leaving out documents that score 0."""
@@ -64,7 +64,7 @@ class BM25Retriever:
             return {}
         tokens = self._tokenize([queries[q] for q in qids], ids=False, show_progress_bar=show_progress_bar)
         k = min(k, len(self.doc_ids))
-        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=show_progress_bar)
+        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=False)
         return {
             qid: {self.doc_ids[d]: float(s) for d, s in zip(row_docs, row_scores, strict=True) if s > 0}
             for qid, row_docs, row_scores in zip(qids, docs.tolist(), scores.tolist(), strict=True)
