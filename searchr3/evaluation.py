@@ -231,15 +231,17 @@ def run_evaluation(
     k: int = 100,
     cache_dir: str | Path | None = None,
     max_docs: int = 0,
+    max_queries: int = 0,
 ) -> list[dict[str, Any]]:
     """Evaluate each ``(name, encoder or "bm25", reasoning)`` on one BEIR split; one row per system.
 
     Systems sharing an encoder object share its corpus embeddings (encoded once); with
     ``cache_dir`` they are also kept on disk across calls (see :func:`encode_corpus`).
     ``max_docs`` evaluates on the corpus's first documents only (:meth:`BeirDataset.subset`);
+    ``max_queries`` keeps the first judged queries with all their judged documents (the same method);
     rows then carry the sub-corpus in their ``dataset`` name.
     """
-    dataset = load_beir(data_dir, split).subset(max_docs)
+    dataset = load_beir(data_dir, split).subset(max_docs, max_queries)
     if not dataset.judged_query_ids():  # checked before any encoding; a DataError is one `error:` line on the CLI
         cut = f" among the first {max_docs} documents (raise --max-docs)" if max_docs > 0 else ""
         raise DataError(f"no query has a relevant judgment{cut}", Path(data_dir) / "qrels" / f"{split}.tsv")

@@ -30,18 +30,21 @@ from .runs import RunFolder, holds_run
 log = logging.getLogger(__name__)
 
 # The two presets. ``quick`` finishes in under 15 minutes on 2 idle cores: short training on the mix,
-# a small RL corpus, and evaluation on the first 1,000 passages of each development set (every system
-# sees the same sub-corpus). ``full`` trains longer, runs stage 2 with the trainer's defaults
+# a small RL corpus, and evaluation on the first 60 judged queries of each development set with all
+# their judged passages plus the first others up to 1,000 passages (every system sees the same
+# sub-corpus; msmarco-mini keeps all 43 of its judged queries). ``full`` trains longer, runs stage 2 with the trainer's defaults
 # (``searchr3 train rl``) and evaluates on the whole corpora.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "eval_docs": 1000,
+        "eval_queries": 60,
         "sft": {"max_steps": 12, "batch_size": 16, "eval_every": 0, "save_every": 4},
         "rl": {"steps": 6, "queries_per_step": 4, "group": 4, "max_new_tokens": 32, "save_every": 2,
                "corpus_limit": 300, "doc_max_length": 128},
     },
     "full": {
         "eval_docs": 0,
+        "eval_queries": 0,
         "sft": {"max_steps": 300, "batch_size": 16, "eval_every": 50, "save_every": 10},
         "rl": {},
     },
@@ -60,7 +63,8 @@ class PipelineConfig:
     rl_data: str | None = None  # RL folder, split train; default: <data>/scifact-2k
     model: str | None = None  # None = the built-in SmolLM2
     batch_size: int = 16
-    eval_docs: int | None = None  # evaluate on the first N corpus documents of each set (None = the preset's, 0 = all)
+    eval_docs: int | None = None  # evaluate on N corpus documents of each set (None = the preset's, 0 = all)
+    eval_queries: int | None = None  # ... for its first N judged queries, all their judged documents kept (None = preset's, 0 = all)
     examples: int = 3  # queries whose reasoning text goes into examples.md
     sft: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's SFT settings
     rl: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's RL settings
@@ -72,6 +76,10 @@ class PipelineConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.eval_docs is None:
             self.eval_docs = PRESETS[self.preset]["eval_docs"]
+        if self.eval_queries is None:
+            self.eval_queries = PRESETS[self.preset]["eval_queries"]
+        if self.eval_queries < 0:
+            raise ValueError(f"eval_queries must be >= 0 (0 = every judged query), got {self.eval_queries}")
         if self.eval_docs < 0:
             raise ValueError(f"eval_docs must be >= 0 (0 = the whole corpus), got {self.eval_docs}")
         if not (self.eval_data and self.train_data and self.rl_data) and not Path(self.data).is_dir():
@@ -119,7 +127,7 @@ class Pipeline:
         for data in self.cfg.eval_data:
             rows += run_evaluation(
                 data, "test", systems, batch_size=self.cfg.batch_size, show_progress_bar=True,
-                cache_dir=self.emb_cache, max_docs=self.cfg.eval_docs,
+                cache_dir=self.emb_cache, max_docs=self.cfg.eval_docs, max_queries=self.cfg.eval_queries,
             )
         write_results(rows, folder / "results.json")
         return rows

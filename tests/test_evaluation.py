@@ -247,6 +247,13 @@ def test_sub_corpus_keeps_the_first_documents_and_their_qrels(tiny: BeirDataset,
 
 
 # ---------------------------------------------------------------- baselines
+    # max_queries: the first judged queries keep all their judged documents, whatever their position.
+    late = BeirDataset("x", {f"d{i}": {"title": "", "text": str(i)} for i in range(6)}, {"a": "qa", "b": "qb", "c": "qc"},
+                       {"a": {"d5": 1}, "b": {"d4": 2, "d0": 0}, "c": {"d3": 1}})
+    two = late.subset(3, max_queries=2)
+    assert two.judged_query_ids() == ["a", "b"] and list(two.corpus) == ["d0", "d4", "d5"] and two.qrels["b"] == {"d4": 2, "d0": 0}
+    assert list(late.subset(0, max_queries=1).corpus) == list(late.corpus)  # max_docs 0: every document
+    assert list(late.subset(1, max_queries=2).corpus) == ["d0", "d4", "d5"]  # judged documents are never cut
 
 
 def test_bm25_ranks_the_matching_document_first(tiny: BeirDataset) -> None:

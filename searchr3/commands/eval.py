@@ -13,7 +13,7 @@ DEFAULTS = {
     "batch_size": ("searchr3.pipeline:PipelineConfig", "batch_size"),
     "max_length": ("searchr3.model:SearchR3.from_pretrained", "max_length"),
 }
-CLI_ONLY = {"data", "split", "model", "reasoning", "baselines", "out", "cache", "max_docs"}
+CLI_ONLY = {"data", "split", "model", "reasoning", "baselines", "out", "cache", "max_docs", "max_queries"}
 
 
 class Reasoning(str, Enum):
@@ -39,6 +39,7 @@ def evaluate(
     title: str = "",
     cache: bool = True,
     max_docs: int = 0,
+    max_queries: int = 0,
 ) -> list[dict]:
     """Evaluate a searchr3 model (and the baselines) on one BEIR split of each folder; print a table per
     folder, write all rows as JSON."""
@@ -70,6 +71,7 @@ def evaluate(
             show_progress_bar=True,
             cache_dir=default_corpus_cache() if cache else None,
             max_docs=max_docs,
+            max_queries=max_queries,
         )
         console.print(format_table(part, title=title if title and len(folders) == 1 else f"{part[0]['dataset']} ({split})"))
         rows += part
@@ -104,6 +106,25 @@ def eval_command(
     max_docs: Annotated[
         int, typer.Option(min=0, help="Evaluate on the corpus's first N documents only, qrels restricted to them (0 = all).")
     ] = 0,
+    max_queries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Evaluate the first N judged queries only, with all their judged documents (then --max-docs fills up; 0 = all).",
+        ),
+    ] = 0,
 ) -> None:
-    """Retrieval quality (nDCG@10, Recall@100, MRR@10) on a BEIR folder."""
-    evaluate(data, split, model, reasoning, baselines, out, batch_size, max_length, cache=cache, max_docs=max_docs)
+    """Retrieval quality (nDCG@10, Recall@100, MRR@10) on one or more BEIR folders."""
+    evaluate(
+        data,
+        split,
+        model,
+        reasoning,
+        baselines,
+        out,
+        batch_size,
+        max_length,
+        cache=cache,
+        max_docs=max_docs,
+        max_queries=max_queries,
+    )

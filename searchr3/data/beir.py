@@ -69,13 +69,30 @@ class BeirDataset:
         judged = set(judged_queries(self.qrels, relevance_level))
         return [qid for qid in self.queries if qid in judged]
 
-    def subset(self, max_docs: int) -> "BeirDataset":
-        """The first ``max_docs`` documents (file order), with the qrels restricted to them.
+    def subset(self, max_docs: int, max_queries: int = 0) -> "BeirDataset":
+        """A smaller evaluation set that every system sees the same way.
 
-        For cheaper evaluation on a sub-corpus: every system sees the same documents, and a judged
-        document that was cut is no longer counted in the ideal ranking. ``max_docs <= 0`` or at
-        least the corpus size returns ``self``.
+        Without ``max_queries``: the first ``max_docs`` documents (file order), with the qrels
+        restricted to them (a judged document that was cut no longer counts in the ideal ranking);
+        ``max_docs <= 0`` or at least the corpus size returns ``self``.
+
+        With ``max_queries > 0``: the first ``max_queries`` judged queries (file order) with *all* their
+        judged documents, plus the first other documents until the corpus has ``max_docs`` (all of them
+        when ``max_docs <= 0``). For sets whose judged passages sit late in the file (wikiqa-dev), where
+        the first documents alone would keep few queries.
         """
+        if max_queries > 0:
+            kept = self.judged_query_ids()[:max_queries]
+            qrels = {q: dict(self.qrels[q]) for q in kept}
+            judged = {d for q in kept for d in qrels[q] if d in self.corpus}
+            budget = max(max_docs, len(judged)) if max_docs > 0 else len(self.corpus)
+            chosen = set(judged)
+            for d in self.corpus:
+                if len(chosen) >= budget:
+                    break
+                chosen.add(d)
+            corpus = {d: doc for d, doc in self.corpus.items() if d in chosen}
+            return BeirDataset(f"{self.name}[{len(kept)}q/{len(corpus)}d]", corpus, self.queries, qrels, self.split)
         if max_docs <= 0 or max_docs >= len(self.corpus):
             return self
         corpus = dict(list(self.corpus.items())[:max_docs])
