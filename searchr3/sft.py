@@ -318,8 +318,9 @@ def prepare_model(m, cfg: SFTConfig):
         )
         m.model = get_peft_model(m.model, lcfg)
     if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so the frozen lower layers of a
+        # top-layer LoRA stay out of the graph (enable_input_require_grads would pull them back in).
         m.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        m.model.enable_input_require_grads()
     return ref
 
 

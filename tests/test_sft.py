@@ -224,3 +224,17 @@ def test_top_layer_lora_trains_only_the_top_layers(tmp_path, model_dir, beir_dir
         last = trainer.train_step()
     assert last["loss"] < first["loss"]
     assert all(p.grad is None for n, p in m.model.named_parameters() if ".layers.0." in n)
+
+
+def test_emission_is_learned_on_a_toy_task(tmp_path, model_dir, beir_dir):
+    """Traces that end in the token teach the model to write it: the random base never emits it (greedy),
+    the trained model does for the training queries."""
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, max_steps=20, reasoning_share=1.0, lora_layers=0, eval_queries=0, cloze=0,
+                   w_nce=0.0, w_triplet=0.0)  # the LM term alone: on 2 random layers the contrastive gradients swamp it
+    data = build_data(cfg)
+    queries = sorted({ex.query for ex in data.examples})
+    base = SearchR3.from_pretrained(model_dir, prompts=PROMPTS, bf16=False)
+    assert sum(base.reason(queries, max_new_tokens=6).emitted) == 0
+    trained = SearchR3.from_pretrained(train_sft(cfg), bf16=False)
+    ro = trained.reason(queries, max_new_tokens=6)
+    assert sum(ro.emitted) / len(queries) >= 0.9, ro.texts
