@@ -67,3 +67,23 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     logp = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
     logq = F.log_softmax(ref_logits[:, :-1][mask].float(), dim=-1)
     return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+
+def matryoshka_info_nce(
+    query: torch.Tensor,
+    docs: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float,
+    dims: tuple[int, ...] | list[int] = (),
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`info_nce` averaged over the full embedding and its leading ``dims`` dimensions (each prefix
+    re-normalised), so that truncated vectors (the service's ``dimensions``) stay useful
+    (Matryoshka representation learning). With no ``dims`` it is :func:`info_nce`."""
+    full = query.shape[-1]
+    sizes = [d for d in dict.fromkeys(dims) if d != full]
+    if any(d < 1 or d > full for d in sizes):
+        raise ValueError(f"Matryoshka dimensions must be in [1, {full}], got {list(dims)}")
+    terms = [info_nce(query[..., :d], docs[..., :d], positive, temperature, exclude) for d in [full, *sizes]]
+    return torch.stack(terms).mean()
+

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .data.mix import false_negative_mask
 from .data.sources import Example
-from .losses import info_nce, kl_to_reference, lm_loss, triplet_margin
+from .losses import kl_to_reference, lm_loss, matryoshka_info_nce, triplet_margin
 from .io import atomic_write_text
 from .runs import RunError, RunFolder, read_rows
 
@@ -116,6 +116,7 @@ class SFTConfig:
     w_kl: float = 0.1
     w_nce: float = 1.0
     w_triplet: float = 0.5
+    matryoshka_dims: list[int] = field(default_factory=list)  # InfoNCE also on these leading dimensions (e.g. 64 128 256)
     # bookkeeping
     eval_every: int = 6
     save_every: int = 4
@@ -139,6 +140,8 @@ class SFTConfig:
             raise ValueError("no training data folder given (and none found under ../shared/data/train)")
         if self.traces not in ("keywords", "model"):
             raise ValueError(f"traces must be 'keywords' or 'model', got {self.traces!r}")
+        if any(d < 1 for d in self.matryoshka_dims):
+            raise ValueError(f"matryoshka_dims must be >= 1, got {self.matryoshka_dims}")
         if self.mix_alpha < 0:
             raise ValueError("mix_alpha must be >= 0")
         if any(not (w >= 0) for w in self.weights.values()):
@@ -427,7 +430,7 @@ class SFTTrainer:
         out = {
             "lm": lm,
             "kl": kl,
-            "nce": info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, exclude=exclude),
+            "nce": matryoshka_info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, cfg.matryoshka_dims, exclude=exclude),
             "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude),
         }
         out["loss"] = cfg.w_lm * out["lm"] + cfg.w_kl * out["kl"] + cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]

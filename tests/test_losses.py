@@ -41,3 +41,15 @@ def test_lm_loss_and_kl():
     assert kl_to_reference(logits, torch.zeros_like(logits), labels).item() > 0
     none = torch.full_like(labels, -100)
     assert lm_loss(logits, none).item() == 0.0
+
+
+def test_matryoshka_info_nce_averages_the_prefixes():
+    from searchr3.losses import matryoshka_info_nce
+
+    torch.manual_seed(1)
+    q, d, pos = torch.randn(4, 16), torch.randn(6, 16), torch.tensor([0, 1, 2, 3])
+    want = torch.stack([info_nce(q[:, :k], d[:, :k], pos, 0.05) for k in (16, 4, 8)]).mean()
+    assert matryoshka_info_nce(q, d, pos, 0.05, [4, 8, 16]).item() == pytest.approx(want.item(), abs=1e-6)
+    assert matryoshka_info_nce(q, d, pos, 0.05).item() == pytest.approx(info_nce(q, d, pos, 0.05).item(), abs=1e-7)
+    with pytest.raises(ValueError, match="Matryoshka dimensions"):
+        matryoshka_info_nce(q, d, pos, 0.05, [32])

@@ -16,13 +16,16 @@ DEFAULTS = {
     "steps": (_S, "max_steps"),
     "full": (_S, "full_finetune"),
 }
-CLI_ONLY = {"data", "weight", "resume"}  # --data: repeatable, none given means SFTConfig's default folders; --weight: NAME=W
+CLI_ONLY = {"data", "weight", "matryoshka_dim", "resume"}  # --data: repeatable, none given means SFTConfig's default folders; --weight: NAME=W
 
 
 def sft(
     out: Path = typer.Option(Path("runs/sft-default"), "--out", help="Run folder (config, traces, log, checkpoint, final model, curves.png)."),
     data: Optional[List[Path]] = typer.Option(None, "--data", help="BEIR folder with a training qrels split; repeat for several (default: the six folders of ../shared/data/train)."),
     weight: Optional[List[str]] = typer.Option(None, "--weight", help="Sampling weight multiplier of one source, NAME=W (folder name); repeatable."),
+    matryoshka_dim: Optional[List[int]] = typer.Option(
+        None, "--matryoshka-dim", min=1, help="Also train the leading N dimensions (InfoNCE on the prefix); repeatable, e.g. 64 128 256."
+    ),
     mix_alpha: float = typer.Option(0.5, "--mix-alpha", help="Source probability ~ weight * size**alpha (0 = uniform, 1 = by size)."),
     max_per_source: int = typer.Option(0, "--max-per-source", help="Use at most N queries of each folder (0 = all)."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model: HF causal-LM folder or saved searchr3 model (default: built-in SmolLM2)."),
@@ -73,7 +76,7 @@ def sft(
     settings = {} if not data else {"data": [str(d) for d in data]}
     cfg = build_config(
         SFTConfig, out=str(out), model=model, split=split, max_steps=steps,
-        weights=weights, mix_alpha=mix_alpha, max_per_source=max_per_source, lora_layers=lora_layers, traces=traces,
+        weights=weights, matryoshka_dims=list(matryoshka_dim or []), mix_alpha=mix_alpha, max_per_source=max_per_source, lora_layers=lora_layers, traces=traces,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, full_finetune=full,
         cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
         reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
