@@ -187,7 +187,7 @@ class SearchR3:
     def template(self, kind: Kind, reasoning: bool = False) -> PromptTemplate:
         key = (kind, reasoning)
         if key not in self._templates:
-            answer = "" if reasoning else self.prompts.direct_answer
+            answer = self.prompts.reasoning_prefix if reasoning else self.prompts.direct_answer
             self._templates[key] = PromptTemplate(self.tokenizer, self.prompts.system(kind, reasoning), answer)
         return self._templates[key]
 
@@ -377,8 +377,11 @@ class SearchR3:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        repetition_penalty: float | None = None,
     ) -> Rollouts:
-        """Generate reasoning for each query and embed it at the ``<|embed_token|>`` that ends it."""
+        """Generate reasoning for each query and embed it at the ``<|embed_token|>`` that ends it.
+
+        ``max_new_tokens`` and ``repetition_penalty`` default to the model's prompt settings."""
         items, _ = _as_list(texts)
         _check_batch_size(batch_size)
         _check_sampling(temperature, top_p)
@@ -386,6 +389,9 @@ class SearchR3:
             max_new_tokens = self.prompts.max_reasoning_tokens
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
+        penalty = self.prompts.repetition_penalty if repetition_penalty is None else float(repetition_penalty)
+        if not penalty >= 1.0:
+            raise ValueError(f"repetition_penalty must be >= 1, got {penalty}")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         prompts = self.prompt_ids(items, "query", reasoning=True)
         order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
@@ -395,13 +401,14 @@ class SearchR3:
         starts = range(0, len(items), batch_size)
         for s in tqdm(starts, desc="reason queries", disable=not show_progress_bar, unit="batch"):
             rows = order[s : s + batch_size]
-            h, comp, emit = self._generate([prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator)
+            h, comp, emit = self._generate([prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator, penalty)
             emb[rows] = h
             for j, i in enumerate(rows):
                 completions[i], emitted[i] = comp[j], emit[j]
         if normalize_embeddings:
             emb = torch.nn.functional.normalize(emb, dim=-1)
-        texts_out = [self.tokenizer.decode(c[:-1], skip_special_tokens=True).strip() for c in completions]
+        prefix = self.prompts.reasoning_prefix
+        texts_out = [f"{prefix} {self.tokenizer.decode(c[:-1], skip_special_tokens=True).strip()}".strip() for c in completions]
         return Rollouts(emb, texts_out, prompts, completions, emitted)
 
     @torch.no_grad()
@@ -413,6 +420,7 @@ class SearchR3:
         temperature: float,
         top_p: float,
         generator: torch.Generator | None,
+        repetition_penalty: float = 1.0,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Batched generation with the KV cache.
 
@@ -434,13 +442,20 @@ class SearchR3:
         out_emb = torch.zeros((n, self.hidden_size), dtype=torch.float32)
         completions: list[list[int]] = [[] for _ in range(n)]
         next_pos = positions[:, -1]
+        seen = None  # [n, vocab] tokens each row has generated, for the repetition penalty
         with self.autocast():
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
             for step in range(max_new_tokens + 1):
                 if step == max_new_tokens:
                     token = embed.clone()  # length limit: append the token
                 else:
-                    token = self._next_token(lm_head(hidden).float(), do_sample, temperature, top_p, generator)
+                    logits = lm_head(hidden).float()
+                    if repetition_penalty != 1.0 and seen is None:
+                        seen = torch.zeros(logits.shape, dtype=torch.bool, device=dev)
+                    if seen is not None:
+                        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+                        logits = torch.where(seen, penalised, logits)
+                    token = self._next_token(logits, do_sample, temperature, top_p, generator)
                 is_embed = token == self.embed_token_id
                 emitted |= is_embed & ~done & (step < max_new_tokens)
                 finishing = ~done & (is_embed | torch.isin(token, stops))
@@ -448,6 +463,8 @@ class SearchR3:
                 feed = torch.where(done, torch.full_like(feed, self.tokenizer.pad_token_id), feed)
                 for i in (~done).nonzero().flatten().tolist():
                     completions[i].append(int(feed[i]))
+                if seen is not None and step < max_new_tokens:
+                    seen[torch.arange(n, device=dev), token] = True
                 mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
                 next_pos = next_pos + 1
                 hidden = decoder(

@@ -44,7 +44,14 @@ class PromptConfig:
     document_system: str = DOCUMENT_SYSTEM
     reasoning_system: str = REASONING_SYSTEM
     direct_answer: str = DIRECT_ANSWER
+    # Text the assistant turn starts with when reasoning; the model writes the rest. Stage 1 with keyword
+    # traces sets "Key terms:" (its traces continue it), so the format is fixed by the template as the
+    # direct answer is, and the model only learns the terms and when to write the token.
+    reasoning_prefix: str = ""
     max_reasoning_tokens: int = 96
+    # Greedy reasoning of a small model loops ("melt, melt, melt, ..."); >1 divides the logits of tokens
+    # it already wrote (CTRL's penalty, generated tokens only), so a term list ends instead of repeating.
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.embed_token:
@@ -56,6 +63,8 @@ class PromptConfig:
             )
         if self.max_reasoning_tokens < 0:
             raise ValueError("max_reasoning_tokens must be >= 0")
+        if not self.repetition_penalty >= 1.0:
+            raise ValueError(f"repetition_penalty must be >= 1, got {self.repetition_penalty}")
 
     def system(self, kind: Kind, reasoning: bool) -> str:
         if reasoning:

@@ -29,7 +29,7 @@ import logging
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -554,6 +554,12 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     has_ckpt = folder.open(resume)
     run = folder.path
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
+    if cfg.traces == "keywords" and not m.prompts.reasoning_prefix:
+        from .traces import KEYWORD_PREFIX
+
+        # The reasoning turn starts with the traces' fixed prefix (saved with the model's prompts).
+        m.prompts = replace(m.prompts, reasoning_prefix=KEYWORD_PREFIX)
+        m._templates.clear()
     traces = make_traces(m, cfg, data, run)
     ref = prepare_model(m, cfg)
     trainer = SFTTrainer(cfg, m, data, traces, ref, folder)

@@ -70,14 +70,21 @@ class KeywordTracer:
 
     def text(self, query: str, positive: str) -> str:
         terms = self.terms(query, positive)
-        return f"Key terms: {', '.join(terms)}." if terms else ""
+        return f"{KEYWORD_PREFIX} {', '.join(terms)}." if terms else ""
+
+
+KEYWORD_PREFIX = "Key terms:"
 
 
 def keyword_traces(
     model, pairs: Sequence[tuple[str, str]], documents: Iterable[str], max_tokens: int, max_terms: int = 6
 ) -> dict[str, list[int]]:
     """{query: completion ids} for (query, positive) pairs: the keyword trace, cut to ``max_tokens``
-    at a term boundary, then the embedding token. An empty trace is just the token."""
+    at a term boundary, then the embedding token. An empty trace is just the token.
+
+    When the model's reasoning prompt already ends with :data:`KEYWORD_PREFIX` (``reasoning_prefix``),
+    the trace is only its continuation (`` a, b, c.``); otherwise it starts with the prefix itself."""
+    lead = "" if model.prompts.reasoning_prefix.strip() == KEYWORD_PREFIX else KEYWORD_PREFIX
     tracer = KeywordTracer(documents, max_terms)
     out: dict[str, list[int]] = {}
     for query, positive in pairs:
@@ -86,7 +93,7 @@ def keyword_traces(
         terms = tracer.terms(query, positive)
         ids: list[int] = []
         while terms:
-            ids = model.tokenizer(f"Key terms: {', '.join(terms)}.", add_special_tokens=False)["input_ids"]
+            ids = model.tokenizer(f"{lead} {', '.join(terms)}.", add_special_tokens=False)["input_ids"]
             if len(ids) <= max_tokens:
                 break
             terms, ids = terms[:-1], []

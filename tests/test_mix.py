@@ -192,3 +192,20 @@ def test_mix_mode_is_the_weighted_sum_of_direct_and_reasoning(tiny):
         tiny.encode_query(qs, reasoning="maybe")
     with pytest.raises(ValueError, match="mix_weight"):
         tiny.encode_query(qs, reasoning="mix", mix_weight=1.5)
+
+
+def test_reasoning_prefix_starts_the_turn_and_the_repetition_penalty_is_checked(tiny_model_dir):
+    prompts = {**PROMPTS, "reasoning_prefix": "Key terms:", "repetition_penalty": 1.5}
+    m = SearchR3.from_pretrained(tiny_model_dir, prompts=prompts, bf16=False)
+    prefix_ids = m.tokenizer("Key terms:", add_special_tokens=False)["input_ids"]
+    assert m.template("query", True).tail[-len(prefix_ids) :] == prefix_ids
+    ro = m.reason(["paris france"], max_new_tokens=3)
+    assert ro.texts[0].startswith("Key terms:")
+    # The keyword traces then hold only the continuation of the prefix.
+    trace = keyword_traces(m, [("paris", "Mitochondria produce ATP.")], ["Mitochondria produce ATP."], max_tokens=80)["paris"]
+    assert not m.tokenizer.decode(trace[:-1]).strip().startswith("Key terms")
+    plain = m.reason(["paris france"], max_new_tokens=8, repetition_penalty=1.0).completion_ids
+    assert plain == m.reason(["paris france"], max_new_tokens=8, repetition_penalty=1.0).completion_ids
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ValueError, match="repetition_penalty"):
+            m.reason(["paris"], repetition_penalty=bad)
