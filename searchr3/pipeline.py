@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "eval_docs": 0,
         "eval_queries": 0,
-        "sft": {"max_steps": 300, "batch_size": 16, "eval_every": 50, "save_every": 10},
+        "sft": {"max_steps": 170, "batch_size": 16, "eval_every": 50, "save_every": 10},
         "rl": {},
     },
 }

@@ -366,7 +366,10 @@ class SFTTrainer:
         from .data.mix import MixSchedule
 
         self.schedule = MixSchedule([len(exs) for _, exs in data.sources], data.probabilities, cfg.seed)
-        direct, header = m.template("query").tail, m.template("query", True).tail
+        from .prompts import PromptTemplate
+
+        direct = m.template("query").tail
+        header = PromptTemplate(m.tokenizer, m.prompts.system("query", False), "").tail
         # The assistant turn of a direct prompt: the tail after the assistant header (fixed text + token).
         self.answer_len = len(direct) - len(header) if direct[: len(header)] == header else len(direct)
 

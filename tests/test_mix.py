@@ -209,3 +209,31 @@ def test_reasoning_prefix_starts_the_turn_and_the_repetition_penalty_is_checked(
     for bad in (0.5, float("nan")):
         with pytest.raises(ValueError, match="repetition_penalty"):
             m.reason(["paris"], repetition_penalty=bad)
+
+
+def test_direct_answer_span_ignores_the_reasoning_prefix(tmp_path, two_folders, tiny_model_dir):
+    """The LM positions of a direct query row are its fixed answer, with or without a reasoning prefix."""
+    qa, _ = two_folders
+    spans = []
+    for prefix in ("", "Key terms:"):
+        cfg = SFTConfig(
+            out=str(tmp_path / f"run{len(prefix)}"),
+            model=str(tiny_model_dir),
+            data=[str(qa)],
+            eval_queries=0,
+            prompts={**PROMPTS, "reasoning_prefix": prefix},
+            bf16=False,
+            show_progress=False,
+            batch_size=3,
+        )
+        m = SearchR3.from_pretrained(tiny_model_dir, prompts=cfg.prompts, bf16=False)
+        spans.append(SFTTrainer(cfg, m, build_data(cfg), {}).answer_len)
+    assert (
+        spans[0]
+        == spans[1]
+        == len(
+            SearchR3.from_pretrained(tiny_model_dir, prompts=PROMPTS).tokenizer("E <|embed_token|>", add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
+    )
