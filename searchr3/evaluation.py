@@ -238,7 +238,7 @@ def run_evaluation(
     Systems sharing an encoder object share its corpus embeddings (encoded once); with
     ``cache_dir`` they are also kept on disk across calls (see :func:`encode_corpus`).
     ``max_docs`` evaluates on the corpus's first documents only (:meth:`BeirDataset.subset`);
-    ``max_queries`` keeps the first judged queries with all their judged documents (the same method);
+    ``max_queries`` keeps the first judged queries, their relevant documents first within ``max_docs``;
     rows then carry the sub-corpus in their ``dataset`` name.
     """
     dataset = load_beir(data_dir, split).subset(max_docs, max_queries)

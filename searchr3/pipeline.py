@@ -30,9 +30,9 @@ from .runs import RunFolder, holds_run
 log = logging.getLogger(__name__)
 
 # The two presets. ``quick`` finishes in under 15 minutes on 2 idle cores: short training on the mix,
-# a small RL corpus, and evaluation on the first 60 judged queries of each development set with all
-# their judged passages plus the first others up to 1,000 passages (every system sees the same
-# sub-corpus; msmarco-mini keeps all 43 of its judged queries). ``full`` trains longer, runs stage 2 with the trainer's defaults
+# a small RL corpus, and evaluation on the first 60 judged queries of each development set and 1,000
+# passages, their relevant ones first (every system sees the same sub-corpus; msmarco-mini keeps 42 of
+# its 43 judged queries). ``full`` trains longer, runs stage 2 with the trainer's defaults
 # (``searchr3 train rl``) and evaluates on the whole corpora.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -64,7 +64,7 @@ class PipelineConfig:
     model: str | None = None  # None = the built-in SmolLM2
     batch_size: int = 16
     eval_docs: int | None = None  # evaluate on N corpus documents of each set (None = the preset's, 0 = all)
-    eval_queries: int | None = None  # ... for its first N judged queries, all their judged documents kept (None = preset's, 0 = all)
+    eval_queries: int | None = None  # ... and its first N judged queries, relevant documents first (None = the preset's, 0 = all)
     examples: int = 3  # queries whose reasoning text goes into examples.md
     sft: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's SFT settings
     rl: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's RL settings

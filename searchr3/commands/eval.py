@@ -110,7 +110,7 @@ def eval_command(
         int,
         typer.Option(
             min=0,
-            help="Evaluate the first N judged queries only, with all their judged documents (then --max-docs fills up; 0 = all).",
+            help="Evaluate the first N judged queries only; their relevant documents come first within --max-docs (0 = all).",
         ),
     ] = 0,
 ) -> None:

@@ -76,23 +76,28 @@ class BeirDataset:
         restricted to them (a judged document that was cut no longer counts in the ideal ranking);
         ``max_docs <= 0`` or at least the corpus size returns ``self``.
 
-        With ``max_queries > 0``: the first ``max_queries`` judged queries (file order) with *all* their
-        judged documents, plus the first other documents until the corpus has ``max_docs`` (all of them
-        when ``max_docs <= 0``). For sets whose judged passages sit late in the file (wikiqa-dev), where
-        the first documents alone would keep few queries.
+        With ``max_queries > 0``: the first ``max_queries`` judged queries (file order); their relevant
+        documents first, then their other judged documents, then the first other documents, up to
+        ``max_docs`` in all (no limit when ``max_docs <= 0``); qrels restricted to what is kept. For sets
+        whose judged passages sit late in the file (wikiqa-dev), where the first documents alone would
+        keep few queries.
         """
         if max_queries > 0:
             kept = self.judged_query_ids()[:max_queries]
-            qrels = {q: dict(self.qrels[q]) for q in kept}
-            judged = {d for q in kept for d in qrels[q] if d in self.corpus}
-            budget = max(max_docs, len(judged)) if max_docs > 0 else len(self.corpus)
-            chosen = set(judged)
-            for d in self.corpus:
-                if len(chosen) >= budget:
-                    break
-                chosen.add(d)
+            budget = max_docs if max_docs > 0 else len(self.corpus)
+            relevant = {d for q in kept for d, g in self.qrels[q].items() if g > 0}
+            judged = {d for q in kept for d in self.qrels[q]}
+            chosen: set[str] = set()
+            for group in (relevant, judged, self.corpus.keys()):
+                for d in self.corpus:
+                    if len(chosen) >= budget:
+                        break
+                    if d in group:
+                        chosen.add(d)
             corpus = {d: doc for d, doc in self.corpus.items() if d in chosen}
-            return BeirDataset(f"{self.name}[{len(kept)}q/{len(corpus)}d]", corpus, self.queries, qrels, self.split)
+            qrels = {q: {d: g for d, g in self.qrels[q].items() if d in corpus} for q in kept}
+            qrels = {q: j for q, j in qrels.items() if any(g > 0 for g in j.values())}
+            return BeirDataset(f"{self.name}[{len(qrels)}q/{len(corpus)}d]", corpus, self.queries, qrels, self.split)
         if max_docs <= 0 or max_docs >= len(self.corpus):
             return self
         corpus = dict(list(self.corpus.items())[:max_docs])
