@@ -199,7 +199,6 @@ class GRPOTrainer:
         if self.merged_init:  # an SFT adapter: it becomes the reference, the RL adapter goes on top
             m.model = m.model.merge_and_unload()
         m.prompts = replace(m.prompts, max_reasoning_tokens=cfg.max_new_tokens)
-        m._templates.clear()
         self.model = m
         encode = model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length)
         self.env = self._initial_env(encode)

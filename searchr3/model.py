@@ -99,11 +99,11 @@ class SearchR3:
         self.model = model
         self.tokenizer = tokenizer
         self.embed_token_id = embed_token_id
+        self._templates: dict[tuple[str, bool], PromptTemplate] = {}
         self.prompts = prompts
         self.base_model = base_model
         self.max_length = max_length
         self.bf16 = bf16
-        self._templates: dict[tuple[str, bool], PromptTemplate] = {}
         self.model.eval()
 
     # ------------------------------------------------------------------ loading and saving
@@ -183,6 +183,16 @@ class SearchR3:
     @property
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def prompts(self) -> PromptConfig:
+        return self._prompts
+
+    @prompts.setter
+    def prompts(self, value: PromptConfig) -> None:
+        """Setting new prompts drops the token templates rendered from the old ones."""
+        self._prompts = value
+        self._templates.clear()
 
     def template(self, kind: Kind, reasoning: bool = False) -> PromptTemplate:
         key = (kind, reasoning)

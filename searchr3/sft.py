@@ -562,7 +562,6 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
 
         # The reasoning turn starts with the traces' fixed prefix (saved with the model's prompts).
         m.prompts = replace(m.prompts, reasoning_prefix=KEYWORD_PREFIX)
-        m._templates.clear()
     traces = make_traces(m, cfg, data, run)
     ref = prepare_model(m, cfg)
     trainer = SFTTrainer(cfg, m, data, traces, ref, folder)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from searchr3 import SearchR3
+from searchr3 import PromptConfig, SearchR3
 from searchr3.data.mix import MixSchedule, false_negative_mask, source_weights
 from searchr3.data.sources import Example
 from searchr3.losses import info_nce, kl_to_reference, lm_loss
@@ -195,9 +195,13 @@ def test_mix_mode_is_the_weighted_sum_of_direct_and_reasoning(tiny):
 
 
 def test_reasoning_prefix_starts_the_turn_and_the_repetition_penalty_is_checked(tiny_model_dir):
-    prompts = {**PROMPTS, "reasoning_prefix": "Key terms:", "repetition_penalty": 1.5}
-    m = SearchR3.from_pretrained(tiny_model_dir, prompts=prompts, bf16=False)
+    m = SearchR3.from_pretrained(tiny_model_dir, prompts=PROMPTS, bf16=False)
+    plain_tail = m.template("query", True).tail
+    m.prompts = PromptConfig(
+        **{**PROMPTS, "reasoning_prefix": "Key terms:", "repetition_penalty": 1.5}
+    )  # drops the old templates
     prefix_ids = m.tokenizer("Key terms:", add_special_tokens=False)["input_ids"]
+    assert m.template("query", True).tail == plain_tail + prefix_ids
     assert m.template("query", True).tail[-len(prefix_ids) :] == prefix_ids
     ro = m.reason(["paris france"], max_new_tokens=3)
     assert ro.texts[0].startswith("Key terms:")

@@ -190,7 +190,6 @@ def test_length_limit_appends_the_token(tiny):
 def test_save_and_reload_full_model(tiny, tmp_path):
     prompts = PromptConfig(query_system="Q sys <|embed_token|>", max_reasoning_tokens=5)
     tiny.prompts = prompts
-    tiny._templates.clear()
     before = tiny.encode_query(TEXTS)
     tiny.save_pretrained(tmp_path / "saved")
     meta = json.loads((tmp_path / "saved" / "searchr3.json").read_text())
