@@ -6,8 +6,11 @@
 * :meth:`RetrievalEnv.step` retrieves the top ``candidates`` documents of each query embedding and
   returns an nDCG-style reward: ``sum(grade / log2(1 + rank))`` over the relevant documents ranked
   within the cut-off ``k``, divided by the ideal DCG (so a single grade-1 positive at rank ``r``
-  scores ``1 / log2(1 + r)``, and 0 past ``k``), minus ``format_penalty`` for a rollout that never
-  emitted the embedding token itself.
+  scores ``1 / log2(1 + r)``, and 0 past ``k``), minus ``format_penalty`` for a rollout that ended
+  its turn without the embedding token, or ``limit_penalty`` for one that ran into the length limit
+  without it. Given each rollout's *direct* query embedding too (stage 2 passes the policy's own), the
+  reward is the *gain* over the direct embedding's nDCG on the same index: reasoning earns only what
+  it adds.
 * After each policy update, :meth:`RetrievalEnv.refresh` re-encodes with the current weights:
   ``none`` nothing; ``full`` the whole corpus; ``local`` the documents the steps since the last
   refresh touched (retrieved candidates and positives) plus ``neighbours`` graph neighbours of each
@@ -45,7 +48,8 @@ class EnvConfig:
 
     k: int = 10  # reward cut-off: relevant documents ranked past k earn nothing
     candidates: int = 10  # documents retrieved per query (>= k): touched, and the contrastive negatives
-    format_penalty: float = 0.1  # subtracted when the model did not emit the embedding token itself
+    format_penalty: float = 0.1  # subtracted when the rollout ended its turn without the embedding token
+    limit_penalty: float = 0.5  # subtracted instead when it ran into the length limit without the token
     refresh: str = "local"  # none | local | full
     neighbours: int = 2  # graph neighbours of each touched document also refreshed (local)
     max_age: int = 0  # staleness budget: re-encode documents older than this many versions (0 = off)
@@ -62,19 +66,21 @@ class EnvConfig:
             raise ValueError(f"need 1 <= k <= candidates, got k={self.k}, candidates={self.candidates}")
         if self.neighbours < 0 or self.max_age < 0 or not 0.0 <= self.sweep_share <= 1.0:
             raise ValueError("neighbours and max_age must be >= 0 and sweep_share in [0, 1]")
-        if self.format_penalty < 0:
-            raise ValueError("format_penalty must be >= 0")
+        if self.format_penalty < 0 or self.limit_penalty < 0:
+            raise ValueError("format_penalty and limit_penalty must be >= 0")
 
 
 @dataclass
 class StepResult:
     """Rewards of one batch of query embeddings, and what was retrieved to compute them."""
 
-    rewards: np.ndarray  # [n] float32, format penalty included
+    rewards: np.ndarray  # [n] float32: ndcg minus the baseline (if any) minus the format / length penalties
     ranks: np.ndarray  # [n] 1-based rank of the best relevant document among the candidates, 0 = not retrieved
     candidates: list[list[int]]  # retrieved corpus positions per query, best first
     positives: list[dict[int, int]]  # corpus position -> grade, per query
     emitted: np.ndarray  # [n] bool
+    ndcg: np.ndarray | None = None  # [n] float32, the retrieval part of the reward alone
+    direct_ndcg: np.ndarray | None = None  # [n] float32, the direct embeddings' (the gain's baseline), if given
 
 
 @dataclass
@@ -164,37 +170,62 @@ class RetrievalEnv:
         labels, _ = self.index.search(q, n, num_threads=1)
         return labels
 
+    def _positions(self, queries: Sequence[str], positives: Sequence[Mapping[str, int]]) -> list[dict[int, int]]:
+        out = []
+        for q, pos in zip(queries, positives):
+            try:
+                out.append(self.positions_of(pos))
+            except ValueError as e:
+                raise ValueError(f"query {q!r}: {e}") from None
+        return out
+
+    def _rank(self, query_embeddings: np.ndarray, pos_maps: list[dict[int, int]]):
+        cfg, n = self.config, len(pos_maps)
+        ranked = self.search(query_embeddings, cfg.candidates) if n else np.zeros((0, cfg.candidates), np.int64)
+        ndcg, ranks = np.zeros(n, np.float32), np.zeros(n, np.int64)
+        for i, pos in enumerate(pos_maps):
+            ndcg[i], ranks[i] = dcg_reward(ranked[i].tolist(), pos, cfg.k)
+        return ranked, ndcg, ranks
+
+    def score(self, queries: Sequence[str], query_embeddings: np.ndarray, positives: Sequence[Mapping[str, int]]) -> np.ndarray:
+        """nDCG@k of each query embedding against the index as it is, with no side effect (nothing is
+        touched or refreshed): the baseline a step's rewards are measured against."""
+        if not len(query_embeddings) == len(positives) == len(queries):
+            raise ValueError(f"{len(queries)} queries, {len(query_embeddings)} embeddings and {len(positives)} positive sets")
+        return self._rank(query_embeddings, self._positions(queries, positives))[1]
+
     def step(self, queries: Sequence[str], query_embeddings: np.ndarray, positives: Sequence[Mapping[str, int]],
-             emitted: Sequence[bool] | None = None) -> StepResult:
+             emitted: Sequence[bool] | None = None, hit_limit: Sequence[bool] | None = None,
+             direct: np.ndarray | None = None) -> StepResult:
         """Score each query embedding by the rank of its relevant documents; remember what was touched.
 
-        ``queries`` are ids (for error messages), ``positives`` each query's {doc id: grade}.
+        ``queries`` are ids (for error messages), ``positives`` each query's {doc id: grade};
+        ``emitted[i]``: rollout i wrote the token itself; ``hit_limit[i]``: it stopped at the length
+        limit (penalised by ``limit_penalty`` rather than ``format_penalty`` when it did not emit);
+        ``direct[i]``: the direct embedding of the same query, whose nDCG (scored after the step's
+        stale positives are refreshed, like the rollouts') is subtracted: the gain reward.
         """
         n = len(queries)
         if not (len(query_embeddings) == len(positives) == n):
             raise ValueError(f"{n} queries, {len(query_embeddings)} embeddings and {len(positives)} positive sets")
         emitted = np.ones(n, bool) if emitted is None else np.asarray(emitted, bool)
-        if emitted.shape != (n,):
-            raise ValueError(f"emitted must have {n} entries")
+        hit_limit = np.zeros(n, bool) if hit_limit is None else np.asarray(hit_limit, bool)
+        if emitted.shape != (n,) or hit_limit.shape != (n,) or (direct is not None and len(direct) != n):
+            raise ValueError(f"emitted, hit_limit and direct must have {n} entries")
         cfg = self.config
-        pos_maps = []
-        for i in range(n):
-            try:
-                pos_maps.append(self.positions_of(positives[i]))
-            except ValueError as e:
-                raise ValueError(f"query {queries[i]!r}: {e}") from None
+        pos_maps = self._positions(queries, positives)
         if cfg.refresh == "local" and cfg.fresh_positives:
             stale = sorted({p for pos in pos_maps for p in pos if self.versions[p] < self.version})
             self.update(stale)
             self._step_encoded += len(stale)
-        ranked = self.search(query_embeddings, cfg.candidates) if n else np.zeros((0, cfg.candidates), np.int64)
-        rewards, ranks = np.zeros(n, np.float32), np.zeros(n, np.int64)
+        ranked, ndcg, ranks = self._rank(query_embeddings, pos_maps)
+        base = np.zeros(n, np.float32) if direct is None else self._rank(direct, pos_maps)[1]
         for i, pos in enumerate(pos_maps):
-            rewards[i], ranks[i] = dcg_reward(ranked[i].tolist(), pos, cfg.k)
             self._touched.update(ranked[i].tolist())
             self._touched.update(pos)
-        rewards -= cfg.format_penalty * (~emitted)
-        return StepResult(rewards, ranks, [r.tolist() for r in ranked], pos_maps, emitted)
+        penalty = np.where(emitted, 0.0, np.where(hit_limit, cfg.limit_penalty, cfg.format_penalty)).astype(np.float32)
+        rewards = ndcg - base - penalty
+        return StepResult(rewards, ranks, [r.tolist() for r in ranked], pos_maps, emitted, ndcg, None if direct is None else base)
 
     # ------------------------------------------------------------------ refresh
     def refresh_set(self) -> tuple[list[int], int]:

@@ -55,6 +55,7 @@ class GRPOConfig:
     max_new_tokens: int = 48
     sampling_temperature: float = 1.0  # of the rollouts (the contrastive term's tau is nce_temperature)
     top_p: float = 1.0
+    reward: str = "gain"  # "gain": nDCG minus the policy's direct embedding's, advantages against 0; "ndcg": nDCG, against the group mean
     # the update: a LoRA adapter on the initial model (which stays the KL reference), AdamW
     lr: float = 5e-5
     lora_r: int = 8
@@ -88,6 +89,8 @@ class GRPOConfig:
             raise ValueError("need max_new_tokens >= 1, sampling_temperature > 0 and 0 < top_p <= 1")
         if self.lr <= 0 or self.clip_eps <= 0 or self.kl_coef < 0 or self.nce_coef < 0 or self.nce_temperature <= 0:
             raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
+        if self.reward not in ("gain", "ndcg"):
+            raise ValueError(f"reward must be 'gain' or 'ndcg', got {self.reward!r}")
         if self.doc_max_length < 16 or self.corpus_limit < 0:
             raise ValueError("need doc_max_length >= 16 and corpus_limit >= 0")
 
@@ -127,12 +130,19 @@ def batch_queries(query_ids: list[str], step: int, per_step: int, seed: int) -> 
 
 
 # ---------------------------------------------------------------------- losses
-def group_advantages(rewards: torch.Tensor, group: int, eps: float = 1e-4) -> torch.Tensor:
-    """``(r - group mean) / (group std + eps)`` for rewards laid out as consecutive groups."""
+def group_advantages(rewards: torch.Tensor, group: int, eps: float = 1e-4, baseline: float | None = None) -> torch.Tensor:
+    """``(r - b) / (group std + eps)`` for rewards laid out as consecutive groups, ``b`` the group mean
+    or, given, ``baseline``.
+
+    Gain rewards (``reward="gain"``) are already measured against the direct embedding, so stage 2 uses
+    ``baseline=0``: when every rollout of a query loses to the direct embedding all of them are pushed
+    down (reasoning did not pay there), when every one beats it all are pushed up. The group mean
+    would cancel that per-query baseline and always push about half of each group down."""
     if rewards.numel() % group:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group}")
     r = rewards.view(-1, group)
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
+    b = r.mean(1, keepdim=True) if baseline is None else baseline
+    return ((r - b) / (r.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
 
 
 def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]]):
@@ -251,11 +261,15 @@ class GRPOTrainer:
         ro = m.reason([self.queries[q] for q in rep], batch_size=len(rep), do_sample=True, temperature=cfg.sampling_temperature,
                       top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 100003 + self.step)
         t_gen = time.perf_counter() - t0
-        res = env.step(rep, ro.embeddings.numpy(), [self.qrels[q] for q in rep], ro.emitted)
-        rewards = torch.from_numpy(res.rewards)
-        adv = group_advantages(rewards, cfg.group)
-        # The token that ends a rollout is an action only where the model emitted it itself.
         comp = ro.completion_ids
+        hit_limit = [not e and len(c) > cfg.max_new_tokens for e, c in zip(ro.emitted, comp)]
+        direct = None
+        if cfg.reward == "gain":  # the policy's direct embedding of each query: the gain's baseline
+            direct = np.repeat(m.encode_query([self.queries[q] for q in qids], convert_to_numpy=True), cfg.group, axis=0)
+        res = env.step(rep, ro.embeddings.numpy(), [self.qrels[q] for q in rep], ro.emitted, hit_limit, direct)
+        rewards = torch.from_numpy(res.rewards)
+        adv = group_advantages(rewards, cfg.group, baseline=0.0 if cfg.reward == "gain" else None)
+        # The token that ends a rollout is an action only where the model emitted it itself.
         m.model.train()
         logp, emb, mask = sequence_logprobs(m, ro.prompt_ids, comp)
         for i, e in enumerate(ro.emitted):
@@ -280,6 +294,8 @@ class GRPOTrainer:
         self.step += 1
         return {
             "step": self.step, "reward": float(res.rewards.mean()), "reward_std": float(res.rewards.std()),
+            "ndcg": float(res.ndcg.mean()), **({} if res.direct_ndcg is None else {"direct_ndcg": float(res.direct_ndcg.mean())}),
+            "hit_limit": float(np.mean(hit_limit)),
             "mean_rank": float(np.mean([r if r else cfg.env.candidates + 1 for r in res.ranks])),
             "emitted": float(np.mean(ro.emitted)), "completion_tokens": float(np.mean([len(c) for c in comp])),
             "loss": total.item(), "pg": pg.item(), "kl": kl.item(), "nce": nce.item(), "grad_norm": float(grad_norm),
@@ -304,7 +320,7 @@ class GRPOTrainer:
         final = self.model.save_pretrained(self.folder.final, merge=self.merged_init)
         from .plots import plot_curves
 
-        plot_curves(self.log_path, self.out / "reward.png", ["reward", "mean_rank", "kl", "nce", "encoded"])
+        plot_curves(self.log_path, self.out / "reward.png", ["reward", "ndcg", "direct_ndcg", "emitted", "hit_limit", "mean_rank", "kl", "nce", "encoded"])
         return final
 
 

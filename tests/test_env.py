@@ -196,3 +196,19 @@ def test_bad_input_raises_clear_errors():
         env.step(["a"], unit([[1, 0, 0, 0]]), [{"d1": 1}])
     with pytest.raises(ValueError, match="positions must be in"):
         env.update([99])
+
+
+def test_gain_reward_and_penalties_by_hand():
+    """reward = nDCG(rollout) - nDCG(direct embedding of the same query) - penalty, where the penalty is
+    format_penalty for a turn ended without the token and limit_penalty for a length-limit stop."""
+    env, _ = line_env(format_penalty=0.1, limit_penalty=0.5)
+    first, third = unit([[1, 0, 0]] * 4), unit([[np.cos(0.25), np.sin(0.25), 0]] * 4)  # rank d0..., or d2 d1 d3 ...
+    pos = [{"d2": 1}] * 4
+    res = env.step(["q"] * 4, third, pos, emitted=[True, False, False, True], hit_limit=[False, False, True, False], direct=first)
+    at1, at3 = 1.0, 1 / math.log2(4)  # d2 ranks 1st after the rollout's embedding, 3rd after the direct one
+    assert res.ndcg == pytest.approx([at1] * 4)
+    assert res.direct_ndcg == pytest.approx([at3] * 4)
+    assert res.rewards == pytest.approx([at1 - at3, at1 - at3 - 0.1, at1 - at3 - 0.5, at1 - at3])
+    assert env.score(["q"], first[:1], pos[:1]) == pytest.approx([at3])  # the baseline alone, no side effect
+    with pytest.raises(ValueError, match="direct"):
+        env.step(["q"], third[:1], pos[:1], direct=first)

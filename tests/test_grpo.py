@@ -186,3 +186,14 @@ def test_config_rejects_bad_values():
 def test_cli_help(cli):
     res = cli("train", "rl", "--help")
     assert res.code == 0 and "--refresh" in res.out and "GRPO" in res.out
+
+
+def test_gain_advantages_push_a_whole_group_down_when_reasoning_loses():
+    """Gain rewards against baseline 0 (the direct embedding): a group that all loses to it is all pushed
+    down, one that all beats it all pushed up; against the group mean half of each goes down."""
+    rewards = torch.tensor([-0.2, -0.1, 0.3, 0.5])
+    adv = group_advantages(rewards, group=2, baseline=0.0)
+    assert (adv[:2] < 0).all() and (adv[2:] > 0).all()
+    assert adv[0].item() == pytest.approx(-0.2 / (0.05 + 1e-4))
+    plain = group_advantages(rewards, group=2)
+    assert plain[1] > 0 and plain[2] < 0

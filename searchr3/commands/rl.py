@@ -8,9 +8,9 @@ import typer
 
 _G, _E = "searchr3.grpo:GRPOConfig", "searchr3.env:EnvConfig"
 DEFAULTS = {
-    **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "lr",
+    **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "reward", "lr",
                                      "kl_coef", "nce_coef", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
-    **{name: (_E, name) for name in ("refresh", "neighbours", "max_age")},
+    **{name: (_E, name) for name in ("refresh", "neighbours", "max_age", "limit_penalty")},
 }
 CLI_ONLY = {"resume", "eval_data", "eval_docs", "eval_init"}
 
@@ -24,9 +24,11 @@ def rl(
     queries_per_step: int = typer.Option(4, "--queries-per-step", min=1),
     group: int = typer.Option(4, "--group", min=2, help="Rollouts per query (G)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Reasoning length limit."),
+    reward: str = typer.Option("gain", "--reward", help="gain: nDCG minus the direct embedding's (reasoning earns what it adds); ndcg: nDCG alone."),
     lr: float = typer.Option(5e-5, "--lr"),
     kl_coef: float = typer.Option(0.04, "--kl-coef", min=0),
     nce_coef: float = typer.Option(0.5, "--nce-coef", min=0, help="Weight of the contrastive term on rollout embeddings."),
+    limit_penalty: float = typer.Option(0.5, "--limit-penalty", min=0, help="Reward penalty of a rollout that hits the length limit without the token."),
     refresh: str = typer.Option("local", "--refresh", help="Index refresh policy: none, local or full."),
     neighbours: int = typer.Option(2, "--neighbours", min=0, help="Graph neighbours refreshed per touched document."),
     max_age: int = typer.Option(0, "--max-age", min=0, help="Re-encode documents older than this many versions (0 = off)."),
@@ -52,9 +54,9 @@ def rl(
             raise UsageError(f"data folder {folder} does not exist")
     cfg = build_config(
         GRPOConfig, out=str(out), init=init, data=str(data), split=split, steps=steps, queries_per_step=queries_per_step,
-        group=group, max_new_tokens=max_new_tokens, lr=lr, kl_coef=kl_coef, nce_coef=nce_coef,
+        group=group, max_new_tokens=max_new_tokens, reward=reward, lr=lr, kl_coef=kl_coef, nce_coef=nce_coef,
         doc_max_length=doc_max_length, corpus_limit=corpus_limit, save_every=save_every, seed=seed, bf16=bf16,
-        env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age),
+        env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age, limit_penalty=limit_penalty),
     )
     model_dir = train_rl(cfg, resume=resume)
     typer.echo(f"model: {model_dir}\nlog: {out / 'log.jsonl'}\nreward curve: {out / 'reward.png'}")
