@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .env import EnvConfig, RetrievalEnv, model_encoder
 from .losses import info_nce
-from .runs import RunFolder
+from .runs import RunFolder, dataclass_defaults
 
 # Settings that may change between an interrupted run and its resume (they don't change the steps taken).
 _RESUMABLE = {"out", "steps", "save_every", "show_progress_bar"}
@@ -202,7 +202,7 @@ class GRPOTrainer:
         torch.manual_seed(cfg.seed)
         self.queries, self.qrels, self.doc_ids, self.doc_texts = load_training_data(cfg)
         meta = {"init": model_source(cfg.init), "data_digest": data_digest(self.queries, self.qrels, self.doc_ids, self.doc_texts)}
-        self.folder = RunFolder(cfg.out, "RL", asdict(cfg), meta, resumable=_RESUMABLE)
+        self.folder = RunFolder(cfg.out, "RL", asdict(cfg), meta, resumable=_RESUMABLE, defaults=dataclass_defaults(GRPOConfig))
         has_checkpoint = self.folder.open(resume)
         m = model if model is not None else SearchR3.from_pretrained(cfg.init, bf16=cfg.bf16)
         self.merged_init = hasattr(m.model, "peft_config")

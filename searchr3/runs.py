@@ -84,6 +84,29 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def dataclass_defaults(cls) -> dict[str, Any]:
+    """``{field: default}`` of a config dataclass (default factories called): ``RunFolder``'s ``defaults``."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        if dataclasses.is_dataclass(out.get(f.name)):
+            out[f.name] = dataclasses.asdict(out[f.name])
+    return out
+
+
+def _with_defaults(old: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` with the settings it lacks taken from ``defaults`` (nested settings too)."""
+    out = dict(defaults)
+    for k, v in old.items():
+        out[k] = _with_defaults(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+    return out
+
+
 def _float(x: Any) -> float:
     return float(x.detach()) if hasattr(x, "detach") else float(x)
 
@@ -95,7 +118,9 @@ def _jsonable(obj: Any) -> Any:
 class RunFolder:
     """One training run's folder. ``kind`` names the trainer ("SFT", "RL"); ``config`` its settings
     (a JSON-able dict); ``meta`` what else a resume must match (base model, data digest); settings named
-    in ``resumable`` may differ on resume (they do not change the steps already taken)."""
+    in ``resumable`` may differ on resume (they do not change the steps already taken). ``defaults``: the
+    value a setting absent from an older run's ``config.json`` had (a setting added since), so that
+    such a run still resumes when the new setting keeps its default."""
 
     def __init__(
         self,
@@ -104,8 +129,10 @@ class RunFolder:
         config: Mapping[str, Any],
         meta: Mapping[str, Any] | None = None,
         resumable: Iterable[str] = (),
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.defaults = _jsonable(dict(defaults or {}))
         self.kind = kind
         self.config = _jsonable(dict(config))
         self.meta = _jsonable(dict(meta or {}))
@@ -143,7 +170,7 @@ class RunFolder:
                 raise RunError(f"{self.path} is not a searchr3 {self.kind} run folder (it holds a {found} run)")
             if not resume:
                 raise RunError(f"{self.path} already holds a run: pass --resume to continue it, or choose another --out")
-            old_cfg = old.get("config", {})
+            old_cfg = _with_defaults(old.get("config", {}), self.defaults)
             diffs = {k: (old_cfg.get(k), v) for k, v in self.config.items() if k not in self.resumable and old_cfg.get(k) != v}
             diffs.update({k: (old.get(k), v) for k, v in self.meta.items() if old.get(k) != v})
             if diffs:

@@ -40,7 +40,7 @@ from .data.mix import false_negative_mask
 from .data.sources import Example
 from .losses import kl_to_reference, lm_loss, matryoshka_info_nce, triplet_margin
 from .io import atomic_write_text
-from .runs import RunError, RunFolder, read_rows
+from .runs import RunError, RunFolder, dataclass_defaults, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     random.seed(cfg.seed)
     data = build_data(cfg)
     meta = {"base_model": model_source(cfg.model), "data_digest": data_digest(data.examples)}
-    folder = RunFolder(cfg.out, "SFT", cfg.to_dict(), meta, resumable=_RESUMABLE)
+    folder = RunFolder(cfg.out, "SFT", cfg.to_dict(), meta, resumable=_RESUMABLE, defaults=dataclass_defaults(SFTConfig))
     has_ckpt = folder.open(resume)
     run = folder.path
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)

@@ -85,3 +85,27 @@ def test_non_finite_values_stop_the_run(tmp_path):
         run.check_finite(2, "loss", torch.tensor(float("nan")), lm=torch.tensor(1.0))
     with pytest.raises(RunError, match="gradient norm is inf"):
         run.check_finite(2, "gradient norm", float("inf"))
+
+
+def test_a_setting_added_since_resumes_at_its_default(tmp_path):
+    """An older run's config lacks a setting added since: resuming with that setting at its default works
+    (nested settings too), with another value it is refused."""
+    from dataclasses import asdict
+
+    from searchr3.grpo import GRPOConfig
+    from searchr3.runs import dataclass_defaults
+
+    run = tmp_path / "run"
+    new = asdict(GRPOConfig())
+    old = json.loads(json.dumps(new))
+    del old["reward"], old["env"]["limit_penalty"]
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "RL", "config": old}))
+    defaults = dataclass_defaults(GRPOConfig)
+    assert RunFolder(run, "RL", new, defaults=defaults).open(resume=True) is False
+    (run / "config.json").write_text(json.dumps({"kind": "RL", "config": old}))
+    other = {**new, "env": {**new["env"], "limit_penalty": 0.9}}
+    with pytest.raises(RunError, match="limit_penalty"):
+        RunFolder(run, "RL", other, defaults=defaults).open(resume=True)
+    with pytest.raises(RunError, match="reward"):
+        RunFolder(run, "RL", {**new, "reward": "ndcg"}, defaults=defaults).open(resume=True)
