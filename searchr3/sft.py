@@ -118,6 +118,7 @@ class SFTConfig:
     w_kl: float = 0.1
     w_nce: float = 1.0
     w_triplet: float = 0.5
+    w_emit: float = 5.0  # LM weight of the positions where a reasoning trace ends in the token (the emission decision) relative to the others
     matryoshka_dims: list[int] = field(default_factory=list)  # InfoNCE also on these leading dimensions (e.g. 64 128 256)
     # bookkeeping
     eval_every: int = 6
@@ -136,7 +137,7 @@ class SFTConfig:
             raise ValueError("reasoning_share must be in [0, 1]")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("temperature and lr must be > 0")
-        if min(self.w_lm, self.w_kl, self.w_nce, self.w_triplet) < 0:
+        if min(self.w_lm, self.w_kl, self.w_nce, self.w_triplet, self.w_emit) < 0:
             raise ValueError("loss weights must be >= 0")
         if not self.data:
             raise ValueError("no training data folder given (and none found under ../shared/data/train)")
@@ -339,19 +340,25 @@ def prepare_model(m, cfg: SFTConfig):
     return ref
 
 
-def sliced_lm_kl(logits: torch.Tensor, ref_logits: torch.Tensor | None, targets: torch.Tensor, embed_token_id: int):
+def sliced_lm_kl(logits: torch.Tensor, ref_logits: torch.Tensor | None, targets: torch.Tensor, embed_token_id: int,
+                 weights: torch.Tensor | None = None):
     """LM cross-entropy and KL-to-reference from logits computed only where a target is predicted.
 
     ``logits[i]`` (``[P, vocab]``) predicts ``targets[i]``; the full computation would project every
     position of every sequence onto the vocabulary and then mask all but these ``P`` rows, so this
     gives the same two numbers (tested to 1e-5 against :func:`lm_loss` / :func:`kl_to_reference` on
     full logits) for a fraction of the memory. Positions whose target is the embedding token are left
-    out of the KL, which would otherwise forbid learning to emit it.
+    out of the KL, which would otherwise forbid learning to emit it. ``weights`` (one per row) make the
+    LM term a weighted mean of the rows' cross-entropies instead of the plain mean.
     """
     # lm_loss / kl_to_reference read logits[:, t] against labels[:, t + 1]: one (predictor, target) pair per row.
     pair = lambda x: x.float()[:, None].expand(-1, 2, -1)  # noqa: E731
     labels = torch.stack([torch.full_like(targets, -100), targets], 1)
-    lm = lm_loss(pair(logits), labels)
+    if weights is None:
+        lm = lm_loss(pair(logits), labels)
+    else:
+        ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        lm = (weights * ce).sum() / weights.sum()
     if ref_logits is None:
         return lm, torch.zeros(())
     kl_labels = labels.clone()
@@ -450,7 +457,9 @@ class SFTTrainer:
                     else:
                         with m.model.disable_adapter():
                             ref_logits = self._logits_at(m.model, qb, rows, cols)[1]
-        lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id)
+        # The few positions that decide emission after reasoning (1 per reasoning row among ~10 others) weigh w_emit.
+        emit = (targets == m.embed_token_id) & (rows >= len(exs))
+        lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id, 1.0 + (cfg.w_emit - 1.0) * emit.float())
         pos = torch.tensor(owner)
         doc_ids = [ex.positive_id for ex in exs] + [n for ex in exs for n in (ex.negative_ids or ("",) * len(ex.negatives))]
         exclude = torch.from_numpy(false_negative_mask(exs, owner, list(zip(doc_ids, docs))))

@@ -102,12 +102,12 @@ def keyword_traces(
 
 
 # ---------------------------------------------------------------------------------------- self traces
-BOUNDARY = (".", ",", ";", ":", "\n")
+BOUNDARY = (".", "!", "?", ";", "\n")
 
 
 def cut_at_boundary(ids: Sequence[int], tokenizer) -> list[int]:
-    """The longest prefix of ``ids`` whose text ends at a sentence or list boundary (never mid-word);
-    empty if there is none."""
+    """The longest prefix of ``ids`` whose text ends at a sentence or line boundary (never mid-word or
+    mid-list, so the token always follows a finished thought); empty if there is none."""
     for end in range(len(ids), 0, -1):
         if tokenizer.decode(ids[:end]).rstrip(" ").endswith(BOUNDARY):
             return list(ids[:end])

@@ -164,6 +164,13 @@ def test_sliced_lm_and_kl_equal_the_full_computation(tmp_path, two_folders, tiny
     assert lm.item() == pytest.approx(lm_loss(full, labels).item(), abs=1e-5)
     assert kl.item() == pytest.approx(kl_to_reference(full, full_ref, kl_labels).item(), abs=1e-5)
     assert kl.item() > 1e-4
+    # Weighted: all-ones weights give the same mean; weighting the emission positions shifts it toward their loss.
+    ones = torch.ones(len(targets))
+    assert sliced_lm_kl(logits, None, targets, m.embed_token_id, ones)[0].item() == pytest.approx(lm.item(), abs=1e-5)
+    emit = (targets == m.embed_token_id).float()
+    ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    weighted = sliced_lm_kl(logits, None, targets, m.embed_token_id, 1 + 4 * emit)[0]
+    assert weighted.item() == pytest.approx(((1 + 4 * emit) * ce).sum().item() / (1 + 4 * emit).sum().item(), abs=1e-5)
 
 
 def test_keyword_traces_name_the_answer_terms_and_end_with_the_token(tiny):

@@ -265,9 +265,9 @@ def test_cut_at_boundary_never_cuts_mid_word(tiny):
     from searchr3.traces import cut_at_boundary
 
     tok = tiny.tokenizer
-    ids = tok("cells, proteins. energy produc", add_special_tokens=False)["input_ids"]
+    ids = tok("cells, proteins. energy, produc", add_special_tokens=False)["input_ids"]
     assert tok.decode(cut_at_boundary(ids, tok)) == "cells, proteins."
-    assert cut_at_boundary(tok("no boundary here", add_special_tokens=False)["input_ids"], tok) == []
+    assert cut_at_boundary(tok("no boundary, here", add_special_tokens=False)["input_ids"], tok) == []
 
 
 def test_self_traces_bank_is_written_follows_the_rule_and_resumes(tmp_path, model_dir, beir_dir):

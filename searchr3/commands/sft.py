@@ -12,7 +12,7 @@ DEFAULTS = {
         "out", "model", "split", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "lora_layers", "cloze", "wordnet",
         "hard_negatives", "mix_alpha", "max_per_source", "traces", "trace_samples", "trace_temperature",
         "reasoning_share", "reasoning_tokens", "query_tokens", "doc_tokens", "temperature", "margin", "w_lm", "w_kl", "w_nce",
-        "w_triplet", "eval_queries", "eval_every", "save_every", "gradient_checkpointing", "bf16", "seed")},
+        "w_triplet", "w_emit", "eval_queries", "eval_every", "save_every", "gradient_checkpointing", "bf16", "seed")},
     "steps": (_S, "max_steps"),
     "full": (_S, "full_finetune"),
 }
@@ -57,6 +57,7 @@ def sft(
     w_kl: float = typer.Option(0.1, "--w-kl", help="Weight of the KL-to-base loss."),
     w_nce: float = typer.Option(1.0, "--w-nce", help="Weight of InfoNCE."),
     w_triplet: float = typer.Option(0.5, "--w-triplet", help="Weight of the triplet loss."),
+    w_emit: float = typer.Option(5.0, "--w-emit", help="LM weight of the token that ends a reasoning trace (the emission decision), relative to other positions."),
     eval_queries: int = typer.Option(20, "--eval-queries", help="Queries of the first folder held out for periodic evaluation."),
     eval_every: int = typer.Option(6, "--eval-every", help="Evaluate every N steps (0 = never)."),
     save_every: int = typer.Option(4, "--save-every", help="Checkpoint every N steps."),
@@ -86,7 +87,7 @@ def sft(
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, full_finetune=full,
         cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
         reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
-        margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, eval_queries=eval_queries,
+        margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, w_emit=w_emit, eval_queries=eval_queries,
         eval_every=eval_every, save_every=save_every, gradient_checkpointing=gradient_checkpointing, bf16=bf16, seed=seed,
         **settings,
     )
