@@ -9,7 +9,7 @@ import typer
 _S = "searchr3.sft:SFTConfig"
 DEFAULTS = {
     **{name: (_S, name) for name in (
-        "out", "model", "split", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "lora_layers", "cloze", "wordnet",
+        "out", "model", "split", "batch_size", "grad_accum", "lr", "token_lr", "lora_r", "lora_alpha", "lora_layers", "cloze", "wordnet",
         "hard_negatives", "mix_alpha", "max_per_source", "traces", "trace_samples", "trace_temperature",
         "reasoning_share", "reasoning_tokens", "query_tokens", "doc_tokens", "temperature", "margin", "w_lm", "w_kl", "w_nce",
         "w_triplet", "w_emit", "eval_queries", "eval_every", "save_every", "gradient_checkpointing", "bf16", "seed")},
@@ -34,6 +34,7 @@ def sft(
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per micro-batch (in-batch negatives)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     lr: float = typer.Option(2e-4, "--lr"),
+    token_lr: float = typer.Option(5e-3, "--token-lr", help="Learning rate of the embedding token's row (its logit must climb far to be emitted)."),
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
     lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
     lora_layers: int = typer.Option(12, "--lora-layers", help="LoRA on the top N layers only (0 = all layers + the token row)."),
@@ -84,7 +85,7 @@ def sft(
         SFTConfig, out=str(out), model=model, split=split, max_steps=steps,
         weights=weights, matryoshka_dims=list(matryoshka_dim or []), mix_alpha=mix_alpha, max_per_source=max_per_source, lora_layers=lora_layers, traces=traces,
         trace_samples=trace_samples, trace_temperature=trace_temperature,
-        batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, full_finetune=full,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, token_lr=token_lr, lora_r=lora_r, lora_alpha=lora_alpha, full_finetune=full,
         cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
         reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
         margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, w_emit=w_emit, eval_queries=eval_queries,
