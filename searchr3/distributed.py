@@ -28,6 +28,7 @@ group, picks the device, prepares the optimizer and scheduler, and counts gradie
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as tdist
+
+from .runs import RunError
 
 T = TypeVar("T")
 
@@ -73,17 +76,31 @@ class Dist:
         # step_scheduler_with_optimizer=False: the scheduler is written for optimizer steps of the
         # global batch, so it steps once per step (by default accelerate steps it N times, assuming N
         # times fewer steps of a per-process batch).
-        self.acc = Accelerator(gradient_accumulation_steps=grad_accum, step_scheduler_with_optimizer=False)
+        # cpu=True without CUDA: the launcher's processes then form a gloo group on the CPU (accelerate
+        # would otherwise run each of them as a lone process), e.g. `accelerate launch --multi_gpu
+        # --num_processes 2` or `torchrun --nproc_per_node 2` on a CPU machine.
+        self.acc = Accelerator(
+            gradient_accumulation_steps=grad_accum, step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available()
+        )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.acc.num_processes:
+            raise RunError(
+                f"started as {launched} processes, but accelerate sees {self.acc.num_processes}: see docs/scale-out.md"
+            )
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.is_main = self.acc.is_main_process
         self.device = self.acc.device
 
     # ------------------------------------------------------------------ data
-    def shard(self, items: Sequence[T], what: str = "batch") -> list[T]:
+    def per_rank(self, n: int, what: str) -> int:
+        """``n / world``, or :class:`~searchr3.runs.RunError` (bad input, before anything is written)."""
+        if n % self.world:
+            raise RunError(f"{what}={n} does not split over {self.world} processes: use a multiple of {self.world}")
+        return n // self.world
+
+    def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's contiguous share of ``items`` (the same list on every rank)."""
-        if len(items) % self.world:
-            raise ValueError(f"a {what} of {len(items)} does not split over {self.world} processes: use a multiple of {self.world}")
-        n = len(items) // self.world
+        n = self.per_rank(len(items), "batch")
         return list(items[self.rank * n : (self.rank + 1) * n])
 
     # ------------------------------------------------------------------ collectives (identity on one rank)

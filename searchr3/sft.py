@@ -361,8 +361,7 @@ class SFTTrainer:
         self.run = Path(cfg.out)
         self.folder = folder or RunFolder(cfg.out, "SFT", cfg.to_dict())
         self.dist = dist or Dist(cfg.grad_accum)  # one process unless started by `accelerate launch`
-        if cfg.batch_size % self.dist.world:
-            raise SFTError(f"batch_size={cfg.batch_size} (the global micro-batch) does not split over {self.dist.world} processes")
+        self.dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch
         m.model.to(self.dist.device)
         if self.ref is not None:
             self.ref.to(self.dist.device)
@@ -521,7 +520,7 @@ class SFTTrainer:
         self.m.model.eval()
         return {
             "step": self.step, **totals, "grad_norm": grad_norm.item(), "lr": self.sched.get_last_lr()[0],
-            "seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "processes": d.world, "seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -613,6 +612,7 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     from .backbone import model_source
 
     dist = Dist(cfg.grad_accum)  # N processes under `accelerate launch`, else one
+    dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch; checked before anything is written
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data = build_data(cfg)
