@@ -165,10 +165,12 @@ class RunFolder:
         return has_checkpoint
 
     # ------------------------------------------------------------------ log
-    def reset_log(self, step: int) -> None:
-        """Keep only the rows of steps ``<= step`` (none for a fresh start): a resumed run rewrites the rest."""
-        keep = [r for r in read_rows(self.log_path) if r.get("step", 0) <= step] if step else []
-        atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in keep))
+    def reset_log(self, step: int, path: Path | None = None) -> None:
+        """Keep only the rows of steps ``<= step`` (none for a fresh start) of ``log.jsonl`` (or another
+        per-step JSONL file of the run): a resumed run rewrites the rest."""
+        path = path or self.log_path
+        keep = [r for r in read_rows(path) if r.get("step", 0) <= step] if step else []
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
 
     def log(self, row: Mapping[str, Any]) -> None:
         with self.log_path.open("a", encoding="utf-8") as fh:

@@ -92,7 +92,9 @@ class SFTConfig:
     eval_queries: int = 20  # queries of the first folder held out for periodic evaluation
     eval_docs: int = 200  # documents in the held-out evaluation corpus
     reasoning_share: float = 0.3  # share of training queries that also get a reasoning-trace example
-    traces: str = "keywords"  # reasoning traces: "keywords" (terms of the positive the query lacks) or "model" (base model's own)
+    traces: str = "keywords"  # reasoning traces: "keywords" (terms of the positive the query lacks), "self" (the model's own, kept when they help) or "model" (base model's, once)
+    trace_samples: int = 4  # traces="self": analyses sampled per reasoning query and step
+    trace_temperature: float = 0.8  # traces="self": their sampling temperature
     reasoning_tokens: int = 48  # length limit of the reasoning traces
     # model and optimisation
     lora_r: int = 16
@@ -139,8 +141,10 @@ class SFTConfig:
             raise ValueError("loss weights must be >= 0")
         if not self.data:
             raise ValueError("no training data folder given (and none found under ../shared/data/train)")
-        if self.traces not in ("keywords", "model"):
-            raise ValueError(f"traces must be 'keywords' or 'model', got {self.traces!r}")
+        if self.traces not in ("keywords", "self", "model"):
+            raise ValueError(f"traces must be 'keywords', 'self' or 'model', got {self.traces!r}")
+        if self.trace_samples < 1 or not self.trace_temperature > 0:
+            raise ValueError("trace_samples must be >= 1 and trace_temperature > 0")
         if any(d < 1 for d in self.matryoshka_dims):
             raise ValueError(f"matryoshka_dims must be >= 1, got {self.matryoshka_dims}")
         if self.mix_alpha < 0:
@@ -265,8 +269,9 @@ def load_or_make_traces(m, queries: list[str], path: Path, max_new_tokens: int, 
     return {q: traces[q] for q in queries}
 
 
-def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path, write: bool = True) -> dict[str, list[int]]:
-    """Traces for a seeded ``reasoning_share`` of the training queries, from ``cfg.traces`` (see :mod:`searchr3.traces`).
+def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path, write: bool = True) -> dict[str, list[int] | None]:
+    """Traces for a seeded ``reasoning_share`` of the training queries, from ``cfg.traces`` (see
+    :mod:`searchr3.traces`); ``None`` for ``traces="self"``, whose traces are chosen at each step.
 
     ``write=False`` (the other ranks of a distributed run) leaves ``traces.jsonl`` to rank 0; model
     traces are read from the file rank 0 wrote first."""
@@ -275,6 +280,8 @@ def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path, write: bool = 
     chosen = {q for q in queries if rng.random() < cfg.reasoning_share}
     if not chosen:
         return {}
+    if cfg.traces == "self":
+        return dict.fromkeys(sorted(chosen))
     if cfg.traces == "model":
         return load_or_make_traces(m, sorted(chosen), run / "traces.jsonl", cfg.reasoning_tokens, cfg.show_progress)
     from .traces import keyword_traces
@@ -298,11 +305,13 @@ def prepare_model(m, cfg: SFTConfig):
     """Wrap ``m.model`` in LoRA (attention + MLP projections) or unfreeze it all; returns the frozen
     reference for full fine-tuning (None with LoRA).
 
-    With ``lora_layers = 0`` every layer gets LoRA and the embedding token's row is trainable. With
-    ``lora_layers = N`` only the top N layers do, and the token row stays as initialised: then no
-    tensor below those layers needs a gradient, so autograd keeps no activations of the lower layers
-    and the backward pass stops at the first adapted layer (the step's memory and backward time
-    shrink with N / layers).
+    The embedding token's row is trainable (peft ``trainable_token_indices``; with tied input/output
+    embeddings one row serves both). With ``lora_layers = 0`` every layer gets LoRA. With
+    ``lora_layers = N`` only the top N layers do, and the input embeddings' output is detached, so the
+    token row learns only on the output side (its logit: what teaches the model to *emit* the token)
+    and no tensor below the adapted layers needs a gradient: autograd keeps no activations of the lower
+    layers and the backward pass stops at the first adapted layer (memory and backward time shrink
+    with N / layers).
     """
     import copy
 
@@ -316,15 +325,18 @@ def prepare_model(m, cfg: SFTConfig):
 
         from .backbone import lora_targets
 
-        extra: dict[str, Any] = {"trainable_token_indices": [m.embed_token_id]}
+        extra: dict[str, Any] = {}
         n_layers = int(m.model.config.num_hidden_layers)
-        if cfg.lora_layers and cfg.lora_layers < n_layers:
+        top_only = bool(cfg.lora_layers and cfg.lora_layers < n_layers)
+        if top_only:
             extra = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)), "layers_pattern": "layers"}
         lcfg = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=lora_targets(m.model),
-            task_type="CAUSAL_LM", **extra,
+            task_type="CAUSAL_LM", trainable_token_indices=[m.embed_token_id], **extra,
         )
         m.model = get_peft_model(m.model, lcfg)
+        if top_only:
+            m.model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.detach())
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so the frozen lower layers of a
         # top-layer LoRA stay out of the graph (enable_input_require_grads would pull them back in).
@@ -362,9 +374,14 @@ class SFTTrainer:
         self.folder = folder or RunFolder(cfg.out, "SFT", cfg.to_dict())
         self.dist = dist or Dist(cfg.grad_accum)  # one process unless started by `accelerate launch`
         self.dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch
+        if cfg.traces == "self" and self.dist.world > 1:
+            raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
         m.model.to(self.dist.device)
         if self.ref is not None:
             self.ref.to(self.dist.device)
+        from .traces import SelfTraces
+
+        self.bank = SelfTraces(m, self.run / "bank.jsonl", cfg.trace_samples, cfg.reasoning_tokens, cfg.trace_temperature, cfg.temperature, cfg.seed)
         self.params = [p for p in m.model.parameters() if p.requires_grad]
         if not self.params:
             raise SFTError("the model has no trainable parameters")
@@ -409,28 +426,37 @@ class SFTTrainer:
         logits = lm.get_output_embeddings()(hidden[rows, cols - 1])
         return hidden, logits
 
-    def loss(self, exs: Sequence[Example]) -> dict[str, torch.Tensor]:
+    def loss(self, exs: Sequence[Example], step: int = 1, micro: int = 0) -> dict[str, torch.Tensor]:
+        """The losses of one micro-batch of optimizer step ``step`` (1-based)."""
         cfg, m = self.cfg, self.m
         queries = [ex.query for ex in exs]
+        docs = [ex.positive for ex in exs] + [n for ex in exs for n in ex.negatives]
+        dev = m.device
+        db = {k: v.to(dev) for k, v in m.collate(self._prompt(docs, "document", cfg.doc_tokens)).items()}
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
         seqs = self._prompt(queries, "query", cfg.query_tokens)
         spans = [(len(s) - self.answer_len, len(s)) for s in seqs]
         owner = list(range(len(exs)))  # example of each query row
         r_rows = [i for i, ex in enumerate(exs) if ex.query in self.traces]
         if r_rows:
+            traces = [self.traces[queries[i]] for i in r_rows]
+            online = [j for j, t in enumerate(traces) if t is None]  # traces="self": chosen now, by the current model
+            if online:
+                picked = self.bank.choose(step, micro, [queries[r_rows[j]] for j in online],
+                                          torch.nn.functional.normalize(d_emb.detach().float(), dim=-1), [r_rows[j] for j in online])
+                for j, t in zip(online, picked):
+                    traces[j] = t
             heads = self._prompt([queries[i] for i in r_rows], "query", cfg.query_tokens, reasoning=True)
-            for i, h in zip(r_rows, heads):
-                seqs.append(h + self.traces[queries[i]])
+            for i, h, t in zip(r_rows, heads, traces):
+                seqs.append(h + t)
                 spans.append((len(h), len(seqs[-1])))
                 owner.append(i)
-        docs = [ex.positive for ex in exs] + [n for ex in exs for n in ex.negatives]
-        d_ids = self._prompt(docs, "document", cfg.doc_tokens)
-        dev = m.device
-        qb, db = ({k: v.to(dev) for k, v in m.collate(x).items()} for x in (seqs, d_ids))
+        qb = {k: v.to(dev) for k, v in m.collate(seqs).items()}
         rows, cols, targets = (t.to(dev) for t in self._lm_positions(seqs, spans))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             hidden, logits = self._logits_at(m.model, qb, rows, cols)
             q_emb = hidden[torch.arange(len(seqs)), qb["embed_index"]]
-            d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
             ref_logits = None
             if cfg.w_kl > 0:
                 with torch.no_grad():
@@ -500,7 +526,7 @@ class SFTTrainer:
         for a in range(cfg.grad_accum):
             with d.acc.accumulate():
                 exs = d.shard(drawn[a * cfg.batch_size : (a + 1) * cfg.batch_size])
-                parts = self.loss(exs)
+                parts = self.loss(exs, self.step + 1, a)
                 names = list(parts)
                 # The global values (the sum of the ranks' shares) for the log and the finiteness check,
                 # so that every rank stops together.
@@ -576,6 +602,7 @@ class SFTTrainer:
         cfg, logp, main = self.cfg, self.folder.log_path, self.dist.is_main
         if main:
             self.folder.reset_log(self.step)  # drop rows past the checkpoint
+            self.folder.reset_log(self.step, self.bank.path)  # and the trace bank's
         if main and self.step == 0 and cfg.eval_every:
             self.folder.log({"step": 0, **self.evaluate()})
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sft", disable=not (cfg.show_progress and main), unit="step")
@@ -613,6 +640,8 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
 
     dist = Dist(cfg.grad_accum)  # N processes under `accelerate launch`, else one
     dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch; checked before anything is written
+    if cfg.traces == "self" and dist.world > 1:
+        raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data = build_data(cfg)
@@ -621,11 +650,13 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     has_ckpt = dist.open_folder(folder, resume)
     run = folder.path
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
-    if cfg.traces == "keywords" and not m.prompts.reasoning_prefix:
+    if cfg.traces in ("keywords", "self") and not m.prompts.reasoning_prefix:
         from .traces import KEYWORD_PREFIX
 
         # The reasoning turn starts with the traces' fixed prefix (saved with the model's prompts).
         m.prompts = replace(m.prompts, reasoning_prefix=KEYWORD_PREFIX)
+    # The model is taught traces of at most reasoning_tokens: that is also its length budget when it reasons.
+    m.prompts = replace(m.prompts, max_reasoning_tokens=cfg.reasoning_tokens)
     with dist.main_first():  # rank 0 writes traces.jsonl (model traces: generates them), the others read
         traces = make_traces(m, cfg, data, run, write=dist.is_main)
     ref = prepare_model(m, cfg)

@@ -99,3 +99,89 @@ def keyword_traces(
             terms, ids = terms[:-1], []
         out[query] = ids + [model.embed_token_id]
     return out
+
+
+# ---------------------------------------------------------------------------------------- self traces
+BOUNDARY = (".", ",", ";", ":", "\n")
+
+
+def cut_at_boundary(ids: Sequence[int], tokenizer) -> list[int]:
+    """The longest prefix of ``ids`` whose text ends at a sentence or list boundary (never mid-word);
+    empty if there is none."""
+    for end in range(len(ids), 0, -1):
+        if tokenizer.decode(ids[:end]).rstrip(" ").endswith(BOUNDARY):
+            return list(ids[:end])
+    return []
+
+
+def select_trace(direct: float, candidates: Sequence[float], margin: float = 0.0) -> int:
+    """The selection rule of the trace bank: the index of the best-scoring candidate if it beats the
+    direct embedding's score by more than ``margin``, else -1 (the empty trace: emit the token at once)."""
+    if not candidates:
+        return -1
+    best = max(range(len(candidates)), key=lambda i: (candidates[i], -i))
+    return best if candidates[best] > direct + margin else -1
+
+
+class SelfTraces:
+    """Expert iteration without a teacher: traces the current model writes, kept when they help.
+
+    For each query given to :meth:`choose`, ``samples`` analyses are sampled from the model's reasoning
+    prompt (cut at a boundary when they hit the length limit), each is scored by how well the embedding
+    read after it retrieves the query's positive among the step's documents (log-softmax at the
+    contrastive temperature), and the best one is kept if it beats the direct embedding's score
+    (:func:`select_trace`); otherwise the empty trace is kept, so the model also learns *when* not to
+    reason. Every decision is appended to ``bank.jsonl`` in the run folder with its scores.
+    """
+
+    def __init__(self, model, path, samples: int, max_new_tokens: int, temperature: float, tau: float, seed: int) -> None:
+        if samples < 1:
+            raise ValueError("trace samples must be >= 1")
+        self.m, self.path, self.samples, self.max_new_tokens = model, path, samples, max_new_tokens
+        self.temperature, self.tau, self.seed = temperature, tau, seed
+
+    def _scores(self, seqs: list[list[int]], docs, positive) -> list[float]:
+        import torch
+
+        b = self.m.collate(seqs)
+        with self.m.autocast():
+            e = self.m.hidden_at(b["input_ids"], b["attention_mask"], b["embed_index"]).float()
+        logits = torch.nn.functional.normalize(e, dim=-1) @ docs.T / self.tau
+        return torch.log_softmax(logits, -1)[torch.arange(len(seqs)), positive].tolist()
+
+    def choose(self, step: int, micro: int, queries: Sequence[str], docs, positive: Sequence[int]) -> list[list[int]]:
+        """Completion ids (ending with the embedding token) for each query; ``docs`` are the step's
+        normalised document embeddings (detached) and ``positive[i]`` the row of query i's positive."""
+        import json
+
+        import torch
+
+        m, k, tok = self.m, self.samples, self.m.tokenizer
+        with torch.no_grad():
+            ro = m.reason([q for q in queries for _ in range(k)], batch_size=len(queries) * k, max_new_tokens=self.max_new_tokens,
+                          do_sample=True, temperature=self.temperature, seed=(self.seed * 1_000_003 + step) * 1_009 + micro)
+            heads = m.prompt_ids(list(queries), "query", reasoning=True)
+            cands: list[list[list[int]]] = []
+            for i in range(len(queries)):
+                mine = []
+                for j in range(i * k, (i + 1) * k):
+                    body = ro.completion_ids[j][:-1]  # without the (written or appended) embedding token
+                    if not ro.emitted[j] and len(body) >= self.max_new_tokens:  # the length limit cut it: back to a boundary
+                        body = cut_at_boundary(body, tok)
+                    if body and body not in mine:
+                        mine.append(body)
+                cands.append(mine)
+            flat = [(i, c) for i, mine in enumerate(cands) for c in mine]
+            direct = self._scores(m.prompt_ids(list(queries), "query"), docs, positive)
+            scores = self._scores([heads[i] + c + [m.embed_token_id] for i, c in flat], docs, [positive[i] for i, _ in flat]) if flat else []
+        out, rows, s = [], [], 0
+        for i, q in enumerate(queries):
+            mine_scores = scores[s : s + len(cands[i])]
+            s += len(cands[i])
+            pick = select_trace(direct[i], mine_scores)
+            out.append((cands[i][pick] if pick >= 0 else []) + [m.embed_token_id])
+            rows.append({"step": step, "micro": micro, "query": q, "direct": round(direct[i], 4), "chosen": pick,
+                         "candidates": [{"trace": tok.decode(c), "score": round(sc, 4)} for c, sc in zip(cands[i], mine_scores)]})
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return out

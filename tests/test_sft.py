@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -213,24 +214,32 @@ def test_cli_sft(tmp_path, model_dir, beir_dir, cli):
 
 
 def test_top_layer_lora_trains_only_the_top_layers(tmp_path, model_dir, beir_dir):
-    """lora_layers=1 on the 2-layer model: adapters on layer 1 only, token row frozen, no gradient below."""
+    """lora_layers=1 on the 2-layer model: adapters on layer 1 only plus the token row, which learns on
+    the output side only: nothing below layer 1 is in the autograd graph."""
     cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, lora_layers=1)
     m = SearchR3.from_pretrained(model_dir, prompts=cfg.prompts, bf16=False)
     prepare_model(m, cfg)
     names = [n for n, p in m.model.named_parameters() if p.requires_grad]
-    assert names and all(".layers.1." in n and "lora_" in n for n in names), names
+    token = [n for n in names if "trainable_tokens_delta" in n]
+    assert len(token) == 1 and all(".layers.1." in n and "lora_" in n for n in names if n not in token), names
+    below = []
+    layer0 = m.model.get_base_model().model.layers[0]
+    layer0.register_forward_hook(lambda mod, args, out: below.append((out[0] if isinstance(out, tuple) else out).requires_grad))
     trainer = SFTTrainer(cfg, m, build_data(cfg), {})
     first = trainer.train_step()
+    delta = dict(m.model.named_parameters())[token[0]]
+    assert delta.grad is not None and delta.grad.abs().sum() > 0  # the token's logit is learned
     for _ in range(3):
         last = trainer.train_step()
     assert last["loss"] < first["loss"]
-    assert all(p.grad is None for n, p in m.model.named_parameters() if ".layers.0." in n)
+    assert below and not any(below)  # layer 0's outputs never needed a gradient
 
 
-def test_emission_is_learned_on_a_toy_task(tmp_path, model_dir, beir_dir):
+@pytest.mark.parametrize("lora_layers", [0, 1])
+def test_emission_is_learned_on_a_toy_task(tmp_path, model_dir, beir_dir, lora_layers):
     """Traces that end in the token teach the model to write it: the random base never emits it (greedy),
-    the trained model does for the training queries."""
-    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, max_steps=20, reasoning_share=1.0, lora_layers=0, eval_queries=0, cloze=0,
+    the trained model does for the training queries, with LoRA on all layers or on the top one only."""
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, max_steps=20, reasoning_share=1.0, lora_layers=lora_layers, eval_queries=0, cloze=0,
                    w_nce=0.0, w_triplet=0.0)  # the LM term alone: on 2 random layers the contrastive gradients swamp it
     data = build_data(cfg)
     queries = sorted({ex.query for ex in data.examples})
@@ -239,3 +248,48 @@ def test_emission_is_learned_on_a_toy_task(tmp_path, model_dir, beir_dir):
     trained = SearchR3.from_pretrained(train_sft(cfg), bf16=False)
     ro = trained.reason(queries, max_new_tokens=6)
     assert sum(ro.emitted) / len(queries) >= 0.9, ro.texts
+
+
+def test_trace_bank_selection_rule():
+    from searchr3.traces import select_trace
+
+    assert select_trace(-1.0, [-2.0, -0.5, -0.7]) == 1  # the best candidate, since it beats direct
+    assert select_trace(-0.4, [-2.0, -0.5]) == -1  # none beats direct: the empty trace
+    assert select_trace(-0.5, [-0.5]) == -1  # a tie is not a gain
+    assert select_trace(-1.0, [-0.9], margin=0.2) == -1
+    assert select_trace(0.0, []) == -1
+    assert select_trace(-1.0, [-0.5, -0.5]) == 0  # ties between candidates: the first
+
+
+def test_cut_at_boundary_never_cuts_mid_word(tiny):
+    from searchr3.traces import cut_at_boundary
+
+    tok = tiny.tokenizer
+    ids = tok("cells, proteins. energy produc", add_special_tokens=False)["input_ids"]
+    assert tok.decode(cut_at_boundary(ids, tok)) == "cells, proteins."
+    assert cut_at_boundary(tok("no boundary here", add_special_tokens=False)["input_ids"], tok) == []
+
+
+def test_self_traces_bank_is_written_follows_the_rule_and_resumes(tmp_path, model_dir, beir_dir):
+    """traces="self": each reasoning query gets sampled candidates scored against the direct embedding;
+    the trained trace is the winner or the empty trace, the bank records both, and a resume drops the
+    bank rows of steps it redoes (so the bank equals the straight run's)."""
+    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, traces="self", trace_samples=3, reasoning_share=1.0, max_steps=3, reasoning_tokens=6)
+    train_sft(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "bank.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {1, 2, 3} and all(len(r["candidates"]) <= 3 for r in rows)
+    for r in rows:
+        scores = [c["score"] for c in r["candidates"]]
+        best = max(scores) if scores else None
+        if r["chosen"] >= 0:
+            assert scores[r["chosen"]] == best and best > r["direct"]
+        else:
+            assert best is None or best <= r["direct"]
+    # Interrupt after step 2 (the checkpoint of step 2 is kept), resume: the bank ends as in the straight run.
+    cfg2 = replace(cfg, out=str(tmp_path / "run2"), max_steps=2)
+    train_sft(cfg2)
+    with (tmp_path / "run2" / "bank.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": 3, "micro": 0, "query": "torn", "direct": 0, "chosen": -1, "candidates": []}) + "\n")
+    train_sft(replace(cfg2, max_steps=3), resume=True)
+    again = [json.loads(x) for x in (tmp_path / "run2" / "bank.jsonl").read_text().splitlines()]
+    assert again == rows
