@@ -523,6 +523,7 @@ class SFTTrainer:
         self.m.model.train()
         drawn = self.batch(self.step)
         totals: dict[str, float] = {}
+        self.opt.optimizer.zero_grad(set_to_none=True)  # the wrapped optimizer: accelerate's skips it mid-accumulation
         for a in range(cfg.grad_accum):
             with d.acc.accumulate():
                 exs = d.shard(drawn[a * cfg.batch_size : (a + 1) * cfg.batch_size])
@@ -541,7 +542,6 @@ class SFTTrainer:
                     self.folder.check_finite(self.step + 1, "gradient norm", grad_norm)
                     self.opt.step()
                     self.sched.step()
-                    self.opt.zero_grad(set_to_none=True)
         self.step += 1
         self.m.model.eval()
         return {
