@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import Dist
 from .env import EnvConfig, RetrievalEnv, model_encoder
 from .losses import info_nce
 from .runs import RunFolder, dataclass_defaults
@@ -129,10 +130,20 @@ def batch_queries(query_ids: list[str], step: int, per_step: int, seed: int) -> 
     return out
 
 
+def rollout_seed(seed: int, step: int, k: int) -> int:
+    """The sampling seed of rollout ``k`` (its place in the step's global batch) of ``step``.
+
+    One generator per rollout, not one per batch: a rollout's tokens then do not depend on which
+    other rollouts share its batch, so N processes that each sample their own queries' groups draw
+    the same rollouts as one process sampling them all (and a resumed run draws the same as a straight one).
+    """
+    return int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0])
+
+
 # ---------------------------------------------------------------------- losses
 def group_advantages(rewards: torch.Tensor, group: int, eps: float = 1e-4, baseline: float | None = None) -> torch.Tensor:
-    """``(r - b) / (group std + eps)`` for rewards laid out as consecutive groups, ``b`` the group mean
-    or, given, ``baseline``.
+    """``(r - group mean) / (group std + eps)`` for rewards laid out as consecutive groups, or, given a
+    ``baseline``, ``(r - baseline) / (std of the group and the baseline + eps)``.
 
     Gain rewards (``reward="gain"``) are already measured against the direct embedding, so stage 2 uses
     ``baseline=0``: when every rollout of a query loses to the direct embedding all of them are pushed
@@ -141,8 +152,11 @@ def group_advantages(rewards: torch.Tensor, group: int, eps: float = 1e-4, basel
     if rewards.numel() % group:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group}")
     r = rewards.view(-1, group)
-    b = r.mean(1, keepdim=True) if baseline is None else baseline
-    return ((r - b) / (r.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
+    if baseline is None:
+        return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
+    # The spread counts the baseline as one more member, so a group of equal gains (std 0) stays bounded.
+    spread = torch.cat([r, torch.full_like(r[:, :1], baseline)], 1).std(1, keepdim=True, unbiased=False)
+    return ((r - baseline) / (spread + eps)).view(-1)
 
 
 def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]]):
@@ -197,25 +211,32 @@ class GRPOTrainer:
 
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.dist = Dist()  # N processes under `accelerate launch`, else one
+        self.dist.per_rank(cfg.queries_per_step, "queries_per_step")  # checked before anything is written
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.queries, self.qrels, self.doc_ids, self.doc_texts = load_training_data(cfg)
         meta = {"init": model_source(cfg.init), "data_digest": data_digest(self.queries, self.qrels, self.doc_ids, self.doc_texts)}
         self.folder = RunFolder(cfg.out, "RL", asdict(cfg), meta, resumable=_RESUMABLE, defaults=dataclass_defaults(GRPOConfig))
-        has_checkpoint = self.folder.open(resume)
+        has_checkpoint = self.dist.open_folder(self.folder, resume)
         m = model if model is not None else SearchR3.from_pretrained(cfg.init, bf16=cfg.bf16)
+        m.model.to(self.dist.device)
         self.merged_init = hasattr(m.model, "peft_config")
         if self.merged_init:  # an SFT adapter: it becomes the reference, the RL adapter goes on top
             m.model = m.model.merge_and_unload()
         m.prompts = replace(m.prompts, max_reasoning_tokens=cfg.max_new_tokens)
         self.model = m
-        encode = model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length)
+        # The environment is replicated: every rank scores the whole step's rollouts (gathered) and so
+        # asks for the same re-encodes, which are split over the ranks and all-gathered (Dist.encoder):
+        # the replicas stay identical, bit for bit, with no index broadcast and the encoding in parallel.
+        encode = self.dist.encoder(model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length))
         self.env = self._initial_env(encode)
         m.model = get_peft_model(m.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                      target_modules=lora_targets(m.model), task_type="CAUSAL_LM"))
         self.params = [p for p in m.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.dist.broadcast_parameters(self.params)
+        self.opt = self.dist.acc.prepare(torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0))
         self.step = 0
         self.log_path = self.folder.log_path
         if has_checkpoint:
@@ -227,14 +248,18 @@ class GRPOTrainer:
         from .retrieval import cached_encode
 
         fingerprint = f"{self.model.fingerprint()}|doc_max_length={self.cfg.doc_max_length}"
-        emb = cached_encode(encode, self.doc_ids, self.doc_texts, fingerprint=fingerprint, cache_dir=self.out / "corpus-embeddings")
+        emb = cached_encode(encode, self.doc_ids, self.doc_texts, fingerprint=fingerprint, cache_dir=self.out / "corpus-embeddings",
+                            write=self.dist.is_main)
         return RetrievalEnv(self.doc_ids, encode, self.cfg.env, embeddings=emb.embeddings)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Atomically write adapter, optimizer, RNG states, step and environment to ``out/checkpoint``."""
+        """Atomically write adapter, optimizer, RNG states, step and environment to ``out/checkpoint``
+        (rank 0: every rank holds the same weights, optimizer state and environment)."""
         from peft import get_peft_model_state_dict
 
+        if not self.dist.is_main:
+            return self.folder.checkpoint
         state = {
             "adapter": get_peft_model_state_dict(self.model.model, save_embedding_layers=False),
             "optimizer": self.opt.state_dict(),
@@ -253,22 +278,30 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, Any]:
-        cfg, m, env = self.cfg, self.model, self.env
+        """One step. The step's queries are the same on every rank; each of N ranks samples the groups of
+        its contiguous 1/N of them, the environment scores all rollouts (gathered) on every rank, and
+        each rank's loss is its share (1/N) of the mean over all rollouts; gradients are summed."""
+        cfg, m, env, d = self.cfg, self.model, self.env, self.dist
         t0 = time.perf_counter()
         qids = batch_queries(list(self.queries), self.step, cfg.queries_per_step, cfg.seed)
-        rep = [q for q in qids for _ in range(cfg.group)]
+        everyone = [q for q in qids for _ in range(cfg.group)]  # every rollout of the step, all ranks
+        lo = d.rank * len(everyone) // d.world  # this rank's rollouts: everyone[lo:hi], whole groups
+        hi = lo + len(everyone) // d.world
+        rep = everyone[lo:hi]
         m.model.eval()
         ro = m.reason([self.queries[q] for q in rep], batch_size=len(rep), do_sample=True, temperature=cfg.sampling_temperature,
-                      top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 100003 + self.step)
+                      top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=[rollout_seed(cfg.seed, self.step, k) for k in range(lo, hi)])
         t_gen = time.perf_counter() - t0
         comp = ro.completion_ids
-        hit_limit = [not e and len(c) > cfg.max_new_tokens for e, c in zip(ro.emitted, comp)]
+        parts = d.gather_objects((ro.embeddings.numpy(), list(ro.emitted), [len(c) for c in comp]))
+        emitted = [e for _, em, _ in parts for e in em]
+        hit_limit = [not e and n > cfg.max_new_tokens for _, em, ns in parts for e, n in zip(em, ns)]
         direct = None
-        if cfg.reward == "gain":  # the policy's direct embedding of each query: the gain's baseline
+        if cfg.reward == "gain":  # the policy's direct embedding of each query (every rank computes all): the gain's baseline
             direct = np.repeat(m.encode_query([self.queries[q] for q in qids], convert_to_numpy=True), cfg.group, axis=0)
-        res = env.step(rep, ro.embeddings.numpy(), [self.qrels[q] for q in rep], ro.emitted, hit_limit, direct)
-        rewards = torch.from_numpy(res.rewards)
-        adv = group_advantages(rewards, cfg.group, baseline=0.0 if cfg.reward == "gain" else None)
+        res = env.step(everyone, np.concatenate([e for e, _, _ in parts]), [self.qrels[q] for q in everyone], emitted, hit_limit, direct)
+        dev = m.device
+        adv = group_advantages(torch.from_numpy(res.rewards[lo:hi]), cfg.group, baseline=0.0 if cfg.reward == "gain" else None).to(dev)
         # The token that ends a rollout is an action only where the model emitted it itself.
         m.model.train()
         logp, emb, mask = sequence_logprobs(m, ro.prompt_ids, comp)
@@ -278,50 +311,59 @@ class GRPOTrainer:
         with torch.no_grad(), m.model.disable_adapter():
             ref_logp, _, _ = sequence_logprobs(m, ro.prompt_ids, comp)
         loss, pg, kl = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, cfg.clip_eps, cfg.kl_coef)
+        # Candidates of the whole step (as one process sees them); this rank's rows are its rollouts.
         docs = sorted({d for c in res.candidates for d in c} | {d for p in res.positives for d in p})
         col = {d: j for j, d in enumerate(docs)}
-        best = torch.tensor([col[max(p, key=lambda d: (p[d], -d))] for p in res.positives])
-        nce = info_nce(emb, torch.from_numpy(env.emb[docs]), best, cfg.nce_temperature)
-        total = loss + cfg.nce_coef * nce
-        self.folder.check_finite(self.step + 1, "loss", total, pg=pg, kl=kl, nce=nce)
+        best = torch.tensor([col[max(p, key=lambda d: (p[d], -d))] for p in res.positives[lo:hi]], device=dev)
+        nce = info_nce(emb, torch.from_numpy(env.emb[docs]).to(dev), best, cfg.nce_temperature)
+        share = len(rep) / len(everyone)  # this rank's share of the means over all rollouts (1 in one process)
+        total = (loss + cfg.nce_coef * nce) * share
+        glob = d.sum(torch.stack([x.detach().float() * share for x in (total / share, pg, kl, nce)])).tolist()
+        self.folder.check_finite(self.step + 1, "loss", glob[0], pg=glob[1], kl=glob[2], nce=glob[3])
         self.opt.zero_grad(set_to_none=True)
         total.backward()
+        d.reduce_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.folder.check_finite(self.step + 1, "gradient norm", grad_norm)
         self.opt.step()
         m.model.eval()
         stats = env.refresh()
         self.step += 1
+        lengths = [n for _, _, ns in parts for n in ns]
         return {
             "step": self.step, "reward": float(res.rewards.mean()), "reward_std": float(res.rewards.std()),
             "ndcg": float(res.ndcg.mean()), **({} if res.direct_ndcg is None else {"direct_ndcg": float(res.direct_ndcg.mean())}),
             "hit_limit": float(np.mean(hit_limit)),
             "mean_rank": float(np.mean([r if r else cfg.env.candidates + 1 for r in res.ranks])),
-            "emitted": float(np.mean(ro.emitted)), "completion_tokens": float(np.mean([len(c) for c in comp])),
-            "loss": total.item(), "pg": pg.item(), "kl": kl.item(), "nce": nce.item(), "grad_norm": float(grad_norm),
+            "emitted": float(np.mean(emitted)), "completion_tokens": float(np.mean(lengths)),
+            "loss": glob[0], "pg": glob[1], "kl": glob[2], "nce": glob[3], "grad_norm": float(grad_norm),
             "encoded": stats.encoded, "encoded_share": stats.share, "mean_age": stats.mean_age,
-            "gen_seconds": t_gen, "refresh_seconds": stats.seconds, "seconds": time.perf_counter() - t0,
+            "gen_seconds": t_gen, "refresh_seconds": stats.seconds, "seconds": time.perf_counter() - t0, "processes": d.world,
         }
 
     def train(self) -> Path:
         """Run the remaining steps (checkpoint every ``save_every``), save the model to ``out/final``,
         plot the curves."""
-        cfg = self.cfg
-        self.folder.reset_log(self.step)  # drop rows past the checkpoint
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not cfg.show_progress_bar)
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.folder.reset_log(self.step)  # drop rows past the checkpoint
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not (cfg.show_progress_bar and main))
         while self.step < cfg.steps:
             row = self.train_step()
-            self.folder.log(row)
+            if main:  # rank 0 writes the log, checkpoints, final model and plot
+                self.folder.log(row)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.4f}", enc=row["encoded"])
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
-        final = self.model.save_pretrained(self.folder.final, merge=self.merged_init)
-        from .plots import plot_curves
+        if main:
+            self.model.save_pretrained(self.folder.final, merge=self.merged_init)
+            from .plots import plot_curves
 
-        plot_curves(self.log_path, self.out / "reward.png", ["reward", "ndcg", "direct_ndcg", "emitted", "hit_limit", "mean_rank", "kl", "nce", "encoded"])
-        return final
+            plot_curves(self.log_path, self.out / "reward.png", ["reward", "ndcg", "direct_ndcg", "emitted", "hit_limit", "mean_rank", "kl", "nce", "encoded"])
+        self.dist.barrier()  # the final model exists when any rank returns
+        return self.folder.final
 
 
 def train_rl(cfg: GRPOConfig, *, resume: bool = False, model=None) -> Path:

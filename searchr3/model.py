@@ -386,12 +386,14 @@ class SearchR3:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         repetition_penalty: float | None = None,
     ) -> Rollouts:
         """Generate reasoning for each query and embed it at the ``<|embed_token|>`` that ends it.
 
-        ``max_new_tokens`` and ``repetition_penalty`` default to the model's prompt settings."""
+        ``max_new_tokens`` and ``repetition_penalty`` default to the model's prompt settings. ``seed``:
+        one seed for the whole call, or one per text (each text then samples from its own generator,
+        so its rollout does not depend on the other texts of the batch: what data-parallel GRPO needs)."""
         items, _ = _as_list(texts)
         _check_batch_size(batch_size)
         _check_sampling(temperature, top_p)
@@ -402,7 +404,11 @@ class SearchR3:
         penalty = self.prompts.repetition_penalty if repetition_penalty is None else float(repetition_penalty)
         if not penalty >= 1.0:
             raise ValueError(f"repetition_penalty must be >= 1, got {penalty}")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        per_text = isinstance(seed, (list, tuple))
+        if per_text and len(seed) != len(items):
+            raise ValueError(f"{len(seed)} seeds for {len(items)} texts")
+        seeds = list(seed) if per_text else [] if seed is None else [seed]
+        generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
         prompts = self.prompt_ids(items, "query", reasoning=True)
         order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
         emb = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
@@ -411,6 +417,7 @@ class SearchR3:
         starts = range(0, len(items), batch_size)
         for s in tqdm(starts, desc="reason queries", disable=not show_progress_bar, unit="batch"):
             rows = order[s : s + batch_size]
+            generator = [generators[i] for i in rows] if per_text else generators[0] if generators else None
             h, comp, emit = self._generate([prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator, penalty)
             emb[rows] = h
             for j, i in enumerate(rows):
@@ -429,7 +436,7 @@ class SearchR3:
         do_sample: bool,
         temperature: float,
         top_p: float,
-        generator: torch.Generator | None,
+        generator: torch.Generator | list[torch.Generator] | None,
         repetition_penalty: float = 1.0,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Batched generation with the KV cache.
@@ -496,4 +503,6 @@ class SearchR3:
             keep = sorted_p.cumsum(-1) - sorted_p < top_p
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+        if isinstance(generator, list):  # one generator per row
+            return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)]).squeeze(-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -276,6 +276,7 @@ def cached_encode(
     cache_dir: str | Path | None,
     chunk_size: int = 0,
     show_progress_bar: bool = False,
+    write: bool = True,
 ) -> CorpusEmbeddings:
     """Embeddings of ``texts`` (``encode(positions) -> rows``), through the cache in ``cache_dir``.
 
@@ -283,6 +284,8 @@ def cached_encode(
     encoder that cannot name its weights) nothing is cached. With ``chunk_size``, the corpus is
     encoded in chunks kept under ``<cache_dir>/<key>.partial/`` until the entry is complete, so an
     interrupted encode resumes; without it, ``encode`` sees the whole corpus in one call.
+    ``write=False`` reads the cache but leaves writing it to another process (the ranks of a
+    distributed run other than rank 0).
     """
     doc_ids, n = list(doc_ids), len(texts)
     if len(doc_ids) != n:
@@ -310,14 +313,14 @@ def cached_encode(
                 except (OSError, ValueError, EOFError) as e:
                     warnings.warn(f"cached chunk {chunk_file} is damaged ({e}); recomputing it", CacheWarning, stacklevel=2)
             part = as_numpy(encode(list(range(s, min(s + chunk_size, n)))))
-            if chunk_file is not None:
+            if chunk_file is not None and write:
                 atomic_write_bytes(chunk_file, _npy_bytes(part))
             parts.append(part)
         emb = np.concatenate(parts)
     seconds = time.perf_counter() - start
     if emb.ndim != 2 or emb.shape[0] != n:
         raise ValueError(f"expected {n} document embeddings as a 2-D array, got shape {emb.shape}")
-    if entry is not None:
+    if entry is not None and write:
         atomic_write_bytes(entry, _npz_bytes(embeddings=emb, seconds=np.float64(seconds)))
         shutil.rmtree(entry.with_suffix(".partial"), ignore_errors=True)
     return CorpusEmbeddings(doc_ids, emb, seconds)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .data.mix import false_negative_mask
 from .data.sources import Example
+from .distributed import Dist
 from .losses import kl_to_reference, lm_loss, matryoshka_info_nce, triplet_margin
 from .io import atomic_write_text
 from .runs import RunError, RunFolder, dataclass_defaults, read_rows
@@ -270,9 +271,12 @@ def load_or_make_traces(m, queries: list[str], path: Path, max_new_tokens: int, 
     return {q: traces[q] for q in queries}
 
 
-def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path) -> dict[str, list[int] | None]:
+def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path, write: bool = True) -> dict[str, list[int] | None]:
     """Traces for a seeded ``reasoning_share`` of the training queries, from ``cfg.traces`` (see
-    :mod:`searchr3.traces`); ``None`` for ``traces="self"``, whose traces are chosen at each step."""
+    :mod:`searchr3.traces`); ``None`` for ``traces="self"``, whose traces are chosen at each step.
+
+    ``write=False`` (the other ranks of a distributed run) leaves ``traces.jsonl`` to rank 0; model
+    traces are read from the file rank 0 wrote first."""
     rng = random.Random(cfg.seed)
     queries = sorted({ex.query for ex in data.examples})
     chosen = {q for q in queries if rng.random() < cfg.reasoning_share}
@@ -291,7 +295,8 @@ def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path) -> dict[str, l
         json.dumps({"query": q, "trace": m.tokenizer.decode(ids[:-1]), "completion_ids": ids, "source": "keywords"}, ensure_ascii=False)
         for q, ids in sorted(traces.items())
     )
-    atomic_write_text(run / "traces.jsonl", "".join(r + "\n" for r in rows))
+    if write:
+        atomic_write_text(run / "traces.jsonl", "".join(r + "\n" for r in rows))
     return traces
 
 
@@ -371,10 +376,17 @@ class SFTTrainer:
     """The supervised loop over one run folder."""
 
     def __init__(self, cfg: SFTConfig, m, data: TrainingData, traces: dict[str, list[int]], ref_model=None,
-                 folder: RunFolder | None = None) -> None:
+                 folder: RunFolder | None = None, dist: Dist | None = None) -> None:
         self.cfg, self.m, self.data, self.traces, self.ref = cfg, m, data, traces, ref_model
         self.run = Path(cfg.out)
         self.folder = folder or RunFolder(cfg.out, "SFT", cfg.to_dict())
+        self.dist = dist or Dist(cfg.grad_accum)  # one process unless started by `accelerate launch`
+        self.dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch
+        if cfg.traces == "self" and self.dist.world > 1:
+            raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
+        m.model.to(self.dist.device)
+        if self.ref is not None:
+            self.ref.to(self.dist.device)
         from .traces import SelfTraces
 
         self.bank = SelfTraces(m, self.run / "bank.jsonl", cfg.trace_samples, cfg.reasoning_tokens, cfg.trace_temperature, cfg.temperature, cfg.seed)
@@ -382,14 +394,16 @@ class SFTTrainer:
         self.params = [p for _, p in named]
         if not self.params:
             raise SFTError("the model has no trainable parameters")
+        self.dist.broadcast_parameters(self.params)
         token = [p for n, p in named if "trainable_tokens_delta" in n]
         groups = [{"params": [p for n, p in named if "trainable_tokens_delta" not in n]}]
         if token:  # the new token's row: one vector whose logit must climb from far below the vocabulary's
             groups.append({"params": token, "lr": cfg.token_lr, "weight_decay": 0.0})
-        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         from transformers import get_linear_schedule_with_warmup
 
-        self.sched = get_linear_schedule_with_warmup(self.opt, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
+        sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
+        self.opt, self.sched = self.dist.acc.prepare(opt, sched)
         self.step = 0
         from .data.mix import MixSchedule
 
@@ -430,8 +444,9 @@ class SFTTrainer:
         cfg, m = self.cfg, self.m
         queries = [ex.query for ex in exs]
         docs = [ex.positive for ex in exs] + [n for ex in exs for n in ex.negatives]
-        db = m.collate(self._prompt(docs, "document", cfg.doc_tokens))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        dev = m.device
+        db = {k: v.to(dev) for k, v in m.collate(self._prompt(docs, "document", cfg.doc_tokens)).items()}
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
         seqs = self._prompt(queries, "query", cfg.query_tokens)
         spans = [(len(s) - self.answer_len, len(s)) for s in seqs]
@@ -450,9 +465,9 @@ class SFTTrainer:
                 seqs.append(h + t)
                 spans.append((len(h), len(seqs[-1])))
                 owner.append(i)
-        qb = m.collate(seqs)
-        rows, cols, targets = self._lm_positions(seqs, spans)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        qb = {k: v.to(dev) for k, v in m.collate(seqs).items()}
+        rows, cols, targets = (t.to(dev) for t in self._lm_positions(seqs, spans))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             hidden, logits = self._logits_at(m.model, qb, rows, cols)
             q_emb = hidden[torch.arange(len(seqs)), qb["embed_index"]]
             ref_logits = None
@@ -465,18 +480,51 @@ class SFTTrainer:
                             ref_logits = self._logits_at(m.model, qb, rows, cols)[1]
         # The few positions that decide emission after reasoning (1 per reasoning row among ~10 others) weigh w_emit.
         emit = (targets == m.embed_token_id) & (rows >= len(exs))
-        lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id, 1.0 + (cfg.w_emit - 1.0) * emit.float())
-        pos = torch.tensor(owner)
+        lm_weights = 1.0 + (cfg.w_emit - 1.0) * emit.float()
+        lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id, lm_weights)
         doc_ids = [ex.positive_id for ex in exs] + [n for ex in exs for n in (ex.negative_ids or ("",) * len(ex.negatives))]
-        exclude = torch.from_numpy(false_negative_mask(exs, owner, list(zip(doc_ids, docs))))
+        d_emb, pos, exclude = self.global_docs(exs, owner, list(zip(doc_ids, docs)), d_emb)
+        # This rank's share of each term (1 in one process): the shares of all ranks sum to the global mean.
+        share = self.shares(len(seqs), float(lm_weights.sum()), int((targets != m.embed_token_id).sum()))
         out = {
-            "lm": lm,
-            "kl": kl,
-            "nce": matryoshka_info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, cfg.matryoshka_dims, exclude=exclude),
-            "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude),
+            "lm": lm * share[1],
+            "kl": kl * share[2],
+            "nce": matryoshka_info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, cfg.matryoshka_dims, exclude=exclude) * share[0],
+            "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude) * share[0],
         }
         out["loss"] = cfg.w_lm * out["lm"] + cfg.w_kl * out["kl"] + cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
         return out
+
+    def global_docs(self, exs: Sequence[Example], owner: list[int], pairs: list[tuple[str, str]], d_emb: torch.Tensor):
+        """The documents InfoNCE and the triplet loss rank against: those of the *global* micro-batch.
+
+        Returns ``(documents [D, H], positive column of each query row, false-negative mask [rows, D])``.
+        In one process these are the micro-batch's own. With N ranks every rank's document embeddings
+        are gathered with their gradient (:meth:`Dist.gather_rows`) and laid out as one process lays
+        out the whole micro-batch (all positives in example order, then all negatives), so this rank's
+        query rows see exactly the negatives they would see in one process with batch N*b.
+        """
+        d = self.dist
+        if d.world == 1:
+            return d_emb, torch.tensor(owner, device=d_emb.device), torch.from_numpy(false_negative_mask(exs, owner, pairs))
+        everyone = d.gather_objects((list(exs), pairs))  # (examples, (id, text) of their documents) per rank
+        blocks = d.gather_rows(d_emb)
+        counts = [len(e) for e, _ in everyone]
+        all_exs = [ex for e, _ in everyone for ex in e]
+        all_pairs = [p for e, ps in everyone for p in ps[: len(e)]] + [p for e, ps in everyone for p in ps[len(e) :]]
+        docs = torch.cat([b[:c] for b, c in zip(blocks, counts)] + [b[c:] for b, c in zip(blocks, counts)])
+        offset = sum(counts[: d.rank])
+        rows = [offset + o for o in owner]
+        exclude = torch.from_numpy(false_negative_mask(all_exs, rows, all_pairs))
+        return docs, torch.tensor(rows, device=d_emb.device), exclude
+
+    def shares(self, *local: float) -> list[float]:
+        """``local / global`` for counts summed over ranks (query rows, LM position weights, KL positions):
+        the weight of this rank's mean in the global mean. All 1.0 in one process."""
+        if self.dist.world == 1:
+            return [1.0] * len(local)
+        total = self.dist.sum(torch.tensor(local, dtype=torch.float64)).tolist()
+        return [n / t if t else 0.0 for n, t in zip(local, total)]
 
     def batch(self, step: int) -> list[Example]:
         """The examples of optimizer step ``step`` (all micro-batches): a pure function of the step."""
@@ -484,28 +532,37 @@ class SFTTrainer:
         return [self.data.sources[s][1][i] for s, i in pairs]
 
     def train_step(self) -> dict[str, float]:
-        cfg = self.cfg
+        """One optimizer step: ``grad_accum`` micro-batches of ``batch_size`` examples (global sizes; each
+        of N ranks takes its 1/N of every micro-batch), gradients summed over ranks, one update."""
+        cfg, d = self.cfg, self.dist
         t0 = time.perf_counter()
         self.m.model.train()
         drawn = self.batch(self.step)
         totals: dict[str, float] = {}
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.optimizer.zero_grad(set_to_none=True)  # the wrapped optimizer: accelerate's skips it mid-accumulation
         for a in range(cfg.grad_accum):
-            exs = drawn[a * cfg.batch_size : (a + 1) * cfg.batch_size]
-            parts = self.loss(exs, self.step + 1, a)
-            self.folder.check_finite(self.step + 1, "loss", parts["loss"], **{k: v for k, v in parts.items() if k != "loss"})
-            (parts["loss"] / cfg.grad_accum).backward()
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + v.item() / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        self.folder.check_finite(self.step + 1, "gradient norm", grad_norm)
-        self.opt.step()
-        self.sched.step()
+            with d.acc.accumulate():
+                exs = d.shard(drawn[a * cfg.batch_size : (a + 1) * cfg.batch_size])
+                parts = self.loss(exs, self.step + 1, a)
+                names = list(parts)
+                # The global values (the sum of the ranks' shares) for the log and the finiteness check,
+                # so that every rank stops together.
+                glob = dict(zip(names, d.sum(torch.stack([parts[k].detach().float() for k in names])).tolist()))
+                self.folder.check_finite(self.step + 1, "loss", glob["loss"], **{k: v for k, v in glob.items() if k != "loss"})
+                d.acc.backward(parts["loss"])  # divided by grad_accum
+                for k, v in glob.items():
+                    totals[k] = totals.get(k, 0.0) + v / cfg.grad_accum
+                if d.acc.sync_gradients:  # the last micro-batch
+                    d.reduce_gradients(self.params)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.folder.check_finite(self.step + 1, "gradient norm", grad_norm)
+                    self.opt.step()
+                    self.sched.step()
         self.step += 1
         self.m.model.eval()
         return {
             "step": self.step, **totals, "grad_norm": grad_norm.item(), "lr": self.sched.get_last_lr()[0],
-            "seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "processes": d.world, "seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -539,6 +596,8 @@ class SFTTrainer:
         return {n: p.detach().clone() for n, p in self.m.model.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:  # the ranks hold the same weights and optimizer state: rank 0 writes
+            return
         state = {"trainable": self.trainable_state(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
         self.folder.save_checkpoint(self.step, state, lambda tmp: self.m.save_pretrained(tmp / "model"))
 
@@ -554,25 +613,31 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
-        cfg, logp = self.cfg, self.folder.log_path
-        self.folder.reset_log(self.step)  # drop rows past the checkpoint
-        self.folder.reset_log(self.step, self.bank.path)  # and the trace bank's
-        if self.step == 0 and cfg.eval_every:
+        """The loop. Every rank trains; rank 0 alone evaluates and writes the log, checkpoints, the
+        final model and the plot."""
+        cfg, logp, main = self.cfg, self.folder.log_path, self.dist.is_main
+        if main:
+            self.folder.reset_log(self.step)  # drop rows past the checkpoint
+            self.folder.reset_log(self.step, self.bank.path)  # and the trace bank's
+        if main and self.step == 0 and cfg.eval_every:
             self.folder.log({"step": 0, **self.evaluate()})
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sft", disable=not cfg.show_progress, unit="step")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sft", disable=not (cfg.show_progress and main), unit="step")
         while self.step < cfg.max_steps:
             row = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", nce=f"{row['nce']:.3f}")
-            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+            if main and cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                 row.update(self.evaluate())
-            self.folder.log(row)
+            if main:
+                self.folder.log(row)
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
-        final = self.m.save_pretrained(self.folder.final)
-        self._plot(logp)
-        return final
+        if main:
+            self.m.save_pretrained(self.folder.final)
+            self._plot(logp)
+        self.dist.barrier()  # the final model exists when any rank returns
+        return self.folder.final
 
     def _plot(self, logp: Path) -> None:
         from .plots import plot_curves
@@ -589,12 +654,16 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     from . import SearchR3
     from .backbone import model_source
 
+    dist = Dist(cfg.grad_accum)  # N processes under `accelerate launch`, else one
+    dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch; checked before anything is written
+    if cfg.traces == "self" and dist.world > 1:
+        raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data = build_data(cfg)
     meta = {"base_model": model_source(cfg.model), "data_digest": data_digest(data.examples)}
     folder = RunFolder(cfg.out, "SFT", cfg.to_dict(), meta, resumable=_RESUMABLE, defaults=dataclass_defaults(SFTConfig))
-    has_ckpt = folder.open(resume)
+    has_ckpt = dist.open_folder(folder, resume)
     run = folder.path
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
     if cfg.traces in ("keywords", "self") and not m.prompts.reasoning_prefix:
@@ -604,9 +673,10 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
         m.prompts = replace(m.prompts, reasoning_prefix=KEYWORD_PREFIX)
     # The model is taught traces of at most reasoning_tokens: that is also its length budget when it reasons.
     m.prompts = replace(m.prompts, max_reasoning_tokens=cfg.reasoning_tokens)
-    traces = make_traces(m, cfg, data, run)
+    with dist.main_first():  # rank 0 writes traces.jsonl (model traces: generates them), the others read
+        traces = make_traces(m, cfg, data, run, write=dist.is_main)
     ref = prepare_model(m, cfg)
-    trainer = SFTTrainer(cfg, m, data, traces, ref, folder)
+    trainer = SFTTrainer(cfg, m, data, traces, ref, folder, dist)
     if has_ckpt:
         trainer.load_checkpoint()
         log.info("resumed %s at step %d", run, trainer.step)

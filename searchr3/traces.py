@@ -158,8 +158,14 @@ class SelfTraces:
 
         m, k, tok = self.m, self.samples, self.m.tokenizer
         with torch.no_grad():
-            ro = m.reason([q for q in queries for _ in range(k)], batch_size=len(queries) * k, max_new_tokens=self.max_new_tokens,
-                          do_sample=True, temperature=self.temperature, seed=(self.seed * 1_000_003 + step) * 1_009 + micro)
+            ro = m.reason(
+                [q for q in queries for _ in range(k)],
+                batch_size=len(queries) * k,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=True,
+                temperature=self.temperature,
+                seed=(self.seed * 1_000_003 + step) * 1_009 + micro,
+            )
             heads = m.prompt_ids(list(queries), "query", reasoning=True)
             cands: list[list[list[int]]] = []
             for i in range(len(queries)):
@@ -173,15 +179,27 @@ class SelfTraces:
                 cands.append(mine)
             flat = [(i, c) for i, mine in enumerate(cands) for c in mine]
             direct = self._scores(m.prompt_ids(list(queries), "query"), docs, positive)
-            scores = self._scores([heads[i] + c + [m.embed_token_id] for i, c in flat], docs, [positive[i] for i, _ in flat]) if flat else []
+            scores = (
+                self._scores([heads[i] + c + [m.embed_token_id] for i, c in flat], docs, [positive[i] for i, _ in flat])
+                if flat
+                else []
+            )
         out, rows, s = [], [], 0
         for i, q in enumerate(queries):
             mine_scores = scores[s : s + len(cands[i])]
             s += len(cands[i])
             pick = select_trace(direct[i], mine_scores)
             out.append((cands[i][pick] if pick >= 0 else []) + [m.embed_token_id])
-            rows.append({"step": step, "micro": micro, "query": q, "direct": round(direct[i], 4), "chosen": pick,
-                         "candidates": [{"trace": tok.decode(c), "score": round(sc, 4)} for c, sc in zip(cands[i], mine_scores)]})
+            rows.append(
+                {
+                    "step": step,
+                    "micro": micro,
+                    "query": q,
+                    "direct": round(direct[i], 4),
+                    "chosen": pick,
+                    "candidates": [{"trace": tok.decode(c), "score": round(sc, 4)} for c, sc in zip(cands[i], mine_scores)],
+                }
+            )
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return out

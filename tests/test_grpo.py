@@ -194,6 +194,9 @@ def test_gain_advantages_push_a_whole_group_down_when_reasoning_loses():
     rewards = torch.tensor([-0.2, -0.1, 0.3, 0.5])
     adv = group_advantages(rewards, group=2, baseline=0.0)
     assert (adv[:2] < 0).all() and (adv[2:] > 0).all()
-    assert adv[0].item() == pytest.approx(-0.2 / (0.05 + 1e-4))
+    spread = torch.tensor([-0.2, -0.1, 0.0]).std(unbiased=False).item()
+    assert adv[0].item() == pytest.approx(-0.2 / (spread + 1e-4), rel=1e-5)
+    same = group_advantages(torch.tensor([0.3, 0.3]), group=2, baseline=0.0)  # equal gains: bounded, not gain / eps
+    assert same.tolist() == pytest.approx([0.3 / (torch.tensor([0.3, 0.3, 0.0]).std(unbiased=False).item() + 1e-4)] * 2, rel=1e-5)
     plain = group_advantages(rewards, group=2)
     assert plain[1] > 0 and plain[2] < 0
