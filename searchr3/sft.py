@@ -372,6 +372,14 @@ def sliced_lm_kl(logits: torch.Tensor, ref_logits: torch.Tensor | None, targets:
     return lm, kl_to_reference(pair(logits), pair(ref_logits), kl_labels)
 
 
+def check_processes(cfg: SFTConfig, dist: Dist) -> None:
+    """What a run needs of its processes: a global micro-batch that splits evenly over them, and one
+    process for traces="self" (its trace bank is not shared between processes yet)."""
+    dist.per_rank(cfg.batch_size, "batch_size")
+    if cfg.traces == "self" and dist.world > 1:
+        raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
+
+
 class SFTTrainer:
     """The supervised loop over one run folder."""
 
@@ -381,9 +389,7 @@ class SFTTrainer:
         self.run = Path(cfg.out)
         self.folder = folder or RunFolder(cfg.out, "SFT", cfg.to_dict())
         self.dist = dist or Dist(cfg.grad_accum)  # one process unless started by `accelerate launch`
-        self.dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch
-        if cfg.traces == "self" and self.dist.world > 1:
-            raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
+        check_processes(cfg, self.dist)
         m.model.to(self.dist.device)
         if self.ref is not None:
             self.ref.to(self.dist.device)
@@ -655,9 +661,7 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     from .backbone import model_source
 
     dist = Dist(cfg.grad_accum)  # N processes under `accelerate launch`, else one
-    dist.per_rank(cfg.batch_size, "batch_size")  # the global micro-batch; checked before anything is written
-    if cfg.traces == "self" and dist.world > 1:
-        raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
+    check_processes(cfg, dist)  # before anything is written
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data = build_data(cfg)

@@ -143,10 +143,8 @@ class SelfTraces:
     def _scores(self, seqs: list[list[int]], docs, positive) -> list[float]:
         import torch
 
-        b = self.m.collate(seqs)
-        with self.m.autocast():
-            e = self.m.hidden_at(b["input_ids"], b["attention_mask"], b["embed_index"]).float()
-        logits = torch.nn.functional.normalize(e, dim=-1) @ docs.T / self.tau
+        e = self.m._encode_ids(seqs, len(seqs), False, "score traces")  # the model's own batched no-grad encoder
+        logits = torch.nn.functional.normalize(e, dim=-1) @ docs.to(e.device).T / self.tau
         return torch.log_softmax(logits, -1)[torch.arange(len(seqs)), positive].tolist()
 
     def choose(self, step: int, micro: int, queries: Sequence[str], docs, positive: Sequence[int]) -> list[list[int]]:
