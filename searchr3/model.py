@@ -388,12 +388,15 @@ class SearchR3:
         top_p: float = 1.0,
         seed: int | Sequence[int] | None = None,
         repetition_penalty: float | None = None,
+        min_new_tokens: int = 0,
     ) -> Rollouts:
         """Generate reasoning for each query and embed it at the ``<|embed_token|>`` that ends it.
 
         ``max_new_tokens`` and ``repetition_penalty`` default to the model's prompt settings. ``seed``:
         one seed for the whole call, or one per text (each text then samples from its own generator,
-        so its rollout does not depend on the other texts of the batch: what data-parallel GRPO needs)."""
+        so its rollout does not depend on the other texts of the batch: what data-parallel GRPO needs).
+        ``min_new_tokens``: the embedding token and the end-of-turn tokens are masked for the first N
+        generated tokens (stage 1's trace exploration: the model must write something before it may stop)."""
         items, _ = _as_list(texts)
         _check_batch_size(batch_size)
         _check_sampling(temperature, top_p)
@@ -401,6 +404,8 @@ class SearchR3:
             max_new_tokens = self.prompts.max_reasoning_tokens
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
         penalty = self.prompts.repetition_penalty if repetition_penalty is None else float(repetition_penalty)
         if not penalty >= 1.0:
             raise ValueError(f"repetition_penalty must be >= 1, got {penalty}")
@@ -418,7 +423,9 @@ class SearchR3:
         for s in tqdm(starts, desc="reason queries", disable=not show_progress_bar, unit="batch"):
             rows = order[s : s + batch_size]
             generator = [generators[i] for i in rows] if per_text else generators[0] if generators else None
-            h, comp, emit = self._generate([prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator, penalty)
+            h, comp, emit = self._generate(
+                [prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator, penalty, min_new_tokens
+            )
             emb[rows] = h
             for j, i in enumerate(rows):
                 completions[i], emitted[i] = comp[j], emit[j]
@@ -438,6 +445,7 @@ class SearchR3:
         top_p: float,
         generator: torch.Generator | list[torch.Generator] | None,
         repetition_penalty: float = 1.0,
+        min_new_tokens: int = 0,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Batched generation with the KV cache.
 
@@ -472,6 +480,9 @@ class SearchR3:
                     if seen is not None:
                         penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
                         logits = torch.where(seen, penalised, logits)
+                    if step < min_new_tokens:
+                        logits[:, stops] = float("-inf")
+                        logits[:, self.embed_token_id] = float("-inf")
                     token = self._next_token(logits, do_sample, temperature, top_p, generator)
                 is_embed = token == self.embed_token_id
                 emitted |= is_embed & ~done & (step < max_new_tokens)

@@ -95,6 +95,7 @@ class SFTConfig:
     traces: str = "keywords"  # reasoning traces: "keywords" (terms of the positive the query lacks), "self" (the model's own, kept when they help) or "model" (base model's, once)
     trace_samples: int = 4  # traces="self": analyses sampled per reasoning query and step
     trace_temperature: float = 0.8  # traces="self": their sampling temperature
+    trace_min_tokens: int = 4  # traces="self": sampled analyses write at least this many tokens before the token may end them (keeps exploring; at most reasoning_tokens)
     reasoning_tokens: int = 48  # length limit of the reasoning traces
     # model and optimisation
     lora_r: int = 16
@@ -132,7 +133,7 @@ class SFTConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "lora_r", "query_tokens", "doc_tokens", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps", "lora_layers", "max_per_source"):
+        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps", "lora_layers", "max_per_source", "trace_min_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.reasoning_share <= 1.0:
@@ -395,7 +396,10 @@ class SFTTrainer:
             self.ref.to(self.dist.device)
         from .traces import SelfTraces
 
-        self.bank = SelfTraces(m, self.run / "bank.jsonl", cfg.trace_samples, cfg.reasoning_tokens, cfg.trace_temperature, cfg.temperature, cfg.seed)
+        self.bank = SelfTraces(
+            m, self.run / "bank.jsonl", cfg.trace_samples, cfg.reasoning_tokens, cfg.trace_temperature, cfg.temperature, cfg.seed,
+            min(cfg.trace_min_tokens, cfg.reasoning_tokens),
+        )
         named = [(n, p) for n, p in m.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         if not self.params:

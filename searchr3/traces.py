@@ -132,12 +132,21 @@ class SelfTraces:
     contrastive temperature), and the best one is kept if it beats the direct embedding's score
     (:func:`select_trace`); otherwise the empty trace is kept, so the model also learns *when* not to
     reason. Every decision is appended to ``bank.jsonl`` in the run folder with its scores.
+
+    ``min_tokens`` keeps exploration alive: the samples may not end before writing that many tokens.
+    Without it, once the model has learned to emit the token at once (the empty trace wins early,
+    while traces are poor), every sample is empty and the bank has nothing left to choose from
+    (measured: non-empty candidates per query fell to 0 by step 41 of a 70-step run).
     """
 
-    def __init__(self, model, path, samples: int, max_new_tokens: int, temperature: float, tau: float, seed: int) -> None:
+    def __init__(
+        self, model, path, samples: int, max_new_tokens: int, temperature: float, tau: float, seed: int, min_tokens: int = 0
+    ) -> None:
         if samples < 1:
             raise ValueError("trace samples must be >= 1")
-        self.m, self.path, self.samples, self.max_new_tokens = model, path, samples, max_new_tokens
+        if not 0 <= min_tokens <= max_new_tokens:
+            raise ValueError(f"trace min tokens must be in [0, {max_new_tokens}], got {min_tokens}")
+        self.m, self.path, self.samples, self.max_new_tokens, self.min_tokens = model, path, samples, max_new_tokens, min_tokens
         self.temperature, self.tau, self.seed = temperature, tau, seed
 
     def _scores(self, seqs: list[list[int]], docs, positive) -> list[float]:
@@ -162,6 +171,7 @@ class SelfTraces:
                 max_new_tokens=self.max_new_tokens,
                 do_sample=True,
                 temperature=self.temperature,
+                min_new_tokens=self.min_tokens,
                 seed=(self.seed * 1_000_003 + step) * 1_009 + micro,
             )
             heads = m.prompt_ids(list(queries), "query", reasoning=True)

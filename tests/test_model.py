@@ -165,6 +165,17 @@ def test_model_that_emits_the_token(tiny):
     assert all(c == [tiny.embed_token_id] for c in r.completion_ids)
 
 
+def test_min_new_tokens_masks_the_token_and_end_of_turn_until_then(tiny):
+    _bias_towards(tiny, tiny.embed_token_id)  # left alone, every rollout would stop at once
+    r = tiny.reason(TEXTS[:2], max_new_tokens=8, min_new_tokens=3)
+    for c in r.completion_ids:
+        assert len(c) == 4 and c[-1] == tiny.embed_token_id  # three written tokens, then it stops by itself
+        assert tiny.embed_token_id not in c[:3] and not set(c[:3]) & set(tiny.stop_token_ids())
+    assert r.emitted == [True, True]
+    with pytest.raises(ValueError, match="min_new_tokens must be in"):
+        tiny.reason(TEXTS[:1], max_new_tokens=2, min_new_tokens=3)
+
+
 def test_model_that_ends_its_turn_without_the_token(tiny):
     eos = tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")
     _bias_towards(tiny, eos)

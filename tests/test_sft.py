@@ -183,6 +183,8 @@ def test_bad_settings_and_data(tmp_path, model_dir, beir_dir):
         tiny_cfg(tmp_path / "r", model_dir, beir_dir, batch_size=1, hard_negatives=0)
     with pytest.raises(ValueError, match="reasoning_share"):
         tiny_cfg(tmp_path / "r", model_dir, beir_dir, reasoning_share=2.0)
+    with pytest.raises(ValueError, match="trace_min_tokens must be >= 0"):
+        tiny_cfg(tmp_path / "r", model_dir, beir_dir, trace_min_tokens=-1)
     empty = write_beir(tmp_path / "empty", [("q0", "d0", 0)])
     with pytest.raises(ValueError, match="no usable"):
         train_sft(tiny_cfg(tmp_path / "r", model_dir, empty, eval_queries=0))
