@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -235,6 +236,24 @@ def test_top_layer_lora_trains_only_the_top_layers(tmp_path, model_dir, beir_dir
         last = trainer.train_step()
     assert last["loss"] < first["loss"]
     assert below and not any(below)  # layer 0's outputs never needed a gradient
+    # The token's tied row moved (its logit is learned), but the vector the token reads stays the base's:
+    # the embedding is read at that position, so a drifting input would move every embedding.
+    tok = m.embed_token_id
+    base_row = SearchR3.from_pretrained(model_dir, bf16=False).model.get_input_embeddings().weight[tok]
+    assert not torch.allclose(delta.detach().reshape(-1), base_row)
+    assert torch.equal(m.token_input, base_row.detach())
+    ids = torch.tensor([[5, tok, 7]])
+    assert torch.equal(m.model.get_base_model().model.embed_tokens(ids)[0, 1], base_row.detach())
+    # ... and it travels with the saved model (the hook is re-attached on load, and after a merge).
+    q = ["what about cat mat"]
+    before = m.encode_query(q)
+    back = SearchR3.from_pretrained(m.save_pretrained(tmp_path / "saved"), bf16=False)
+    assert torch.equal(back.token_input, m.token_input)
+    np.testing.assert_allclose(back.encode_query(q), before, atol=1e-5)
+    merged = SearchR3.from_pretrained(m.save_pretrained(tmp_path / "merged", merge=True), bf16=False)
+    np.testing.assert_allclose(merged.encode_query(q), before, atol=1e-5)
+    back.model = back.model.merge_and_unload()  # replacing the network keeps the pin
+    np.testing.assert_allclose(back.encode_query(q), before, atol=1e-5)
 
 
 @pytest.mark.parametrize("lora_layers", [0, 1])
