@@ -10,7 +10,6 @@ Prints one nDCG@10 per model (the figures are recorded in benchmarks/results/tok
 
 import sys
 
-import torch
 
 from searchr3 import SearchR3
 from searchr3.evaluation import run_evaluation
