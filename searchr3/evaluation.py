@@ -66,7 +66,8 @@ class Encoder(Protocol):
     ) -> np.ndarray: ...
 
 
-System = tuple[str, Encoder | Literal["bm25"], bool | str]  # (name, encoder or "bm25", query mode: False/True/"mix")
+# (name, encoder or "bm25", query mode: False/True/"mix"[, reasoning settings: samples, mix_weight, temperature, ...])
+System = tuple[str, Encoder | Literal["bm25"], bool | str] | tuple[str, Encoder | Literal["bm25"], bool | str, Mapping[str, Any]]
 
 
 def encode_corpus(
@@ -150,8 +151,12 @@ def evaluate_encoder(
     k: int = 100,
     corpus_embeddings: CorpusEmbeddings | None = None,
     per_query: bool = False,
+    generation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode judged queries (and the corpus unless ``corpus_embeddings`` is given) and score them.
+
+    ``generation``: settings of the reasoning modes (``samples``, ``mix_weight``, ``temperature``, ...
+    as :meth:`searchr3.SearchR3.encode_query` takes them); recorded in the row.
 
     Documents are always encoded the same way, so pass the ``CorpusEmbeddings`` of an earlier call
     (or of :func:`encode_corpus`) to evaluate reasoning on and off without re-encoding the corpus.
@@ -166,9 +171,14 @@ def evaluate_encoder(
     qids = _judged_ids(dataset)
     start = time.perf_counter()
     texts = [dataset.queries[q] for q in qids]
-    stats: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+    gen = dict(generation or {}) if reasoning else {}
     if hasattr(encoder, "encode_query_with_stats"):  # a searchr3 model: also report what reasoning did
-        query_emb, stats = encoder.encode_query_with_stats(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning)
+        query_emb, stats = encoder.encode_query_with_stats(
+            texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning, **gen
+        )
+        if gen:
+            stats["generation"] = gen
     else:
         query_emb = encoder.encode_query(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning)
     query_seconds = time.perf_counter() - start
@@ -247,7 +257,7 @@ def run_evaluation(
         raise DataError(f"no query has a relevant judgment{cut}", Path(data_dir) / "qrels" / f"{split}.tsv")
     corpus_cache: dict[int, CorpusEmbeddings] = {}
     rows = []
-    for name, system, reasoning in systems:
+    for name, system, reasoning, *settings in systems:
         if isinstance(system, str):
             if system != "bm25":
                 raise ValueError(f"unknown system {system!r}: pass an Encoder or 'bm25'")
@@ -271,6 +281,7 @@ def run_evaluation(
                 show_progress_bar=show_progress_bar,
                 k=k,
                 corpus_embeddings=corpus_cache[id(system)],
+                generation=settings[0] if settings else None,
             )
         result.pop("run")
         rows.append({"system": name, "dataset": dataset.name, "split": split, **result})
@@ -288,7 +299,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) ->
     for row in rows:
         table.add_row(
             str(row["system"]),
-            mode_label(row["reasoning"]),
+            mode_label(row["reasoning"]) + (f" ×{row['generation']['samples']}" if row.get("generation", {}).get("samples", 1) > 1 else ""),
             *(f"{row[m]:.4f}" for m in METRICS),
             f"{row['seconds_per_query']:.3g}",
             f"{row['emit_rate']:.2f}" if "emit_rate" in row else "-",

@@ -54,6 +54,19 @@ def test_eval_command_writes_rows(tmp_path, tiny_model_dir, cli, monkeypatch):
     assert "nDCG@10" in res.out
 
 
+def test_eval_mix_of_sampled_rollouts(tmp_path, tiny_model_dir, cli, monkeypatch):
+    """--reasoning mix --samples 3: the row records its settings and what reasoning did."""
+    monkeypatch.setenv("SEARCHR3_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "res.json"
+    res = cli("eval", "--data", write_beir(tmp_path / "beir"), "--model", tiny_model_dir, "--reasoning", "mix",
+              "--samples", "3", "--temperature", "0.7", "--mix-weight", "0.5", "--out", out)
+    assert res.code == 0, res.err[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["reasoning"] == "mix" and row["generation"] == {"mix_weight": 0.5, "samples": 3, "temperature": 0.7}
+    assert 0.0 <= row["emit_rate"] <= 1.0 and row["mean_new_tokens"] >= 1
+    assert "mix ×3" in res.out
+
+
 def _bad_inputs(tmp: Path, beir: Path, model: Path) -> list[tuple[list, str]]:
     """(arguments, text of the error line) of every command's bad input."""
     missing, corpus = tmp / "missing", tmp / "corpus.txt"
@@ -64,6 +77,8 @@ def _bad_inputs(tmp: Path, beir: Path, model: Path) -> list[tuple[list, str]]:
         (["eval", "--data", beir, "--max-docs", "-1"], "--max-docs"),
         (["eval", "--data", beir, "--batch-size", "0"], "--batch-size"),
         (["eval", "--data", beir, "--reasoning", "maybe"], "--reasoning"),
+        (["eval", "--data", beir, "--samples", "0"], "--samples must be >= 1"),
+        (["eval", "--data", beir, "--mix-weight", "1.5"], "--mix-weight in [0, 1]"),
         (["eval", "--data", beir, "--model", missing], "missing"),
         (["eval", "--data", beir, "--unknown-option"], "No such option"),
         (["pipeline", "--data", missing], "does not exist"),

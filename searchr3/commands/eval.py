@@ -12,6 +12,9 @@ import typer
 DEFAULTS = {
     "batch_size": ("searchr3.pipeline:PipelineConfig", "batch_size"),
     "max_length": ("searchr3.model:SearchR3.from_pretrained", "max_length"),
+    "mix_weight": ("searchr3.model:SearchR3._query_or_document", "mix_weight"),
+    "samples": ("searchr3.model:SearchR3._query_or_document", "samples"),
+    "temperature": ("searchr3.model:SearchR3.reason", "temperature"),
 }
 CLI_ONLY = {"data", "split", "model", "reasoning", "baselines", "out", "cache", "max_docs", "max_queries"}
 
@@ -40,6 +43,9 @@ def evaluate(
     cache: bool = True,
     max_docs: int = 0,
     max_queries: int = 0,
+    mix_weight: float = 0.6,
+    samples: int = 1,
+    temperature: float = 1.0,
 ) -> list[dict]:
     """Evaluate a searchr3 model (and the baselines) on one BEIR split of each folder; print a table per
     folder, write all rows as JSON."""
@@ -50,6 +56,11 @@ def evaluate(
     from searchr3.retrieval import default_corpus_cache
 
     # Piped or captured output has no terminal width: give the nine-column table room instead of folding headers.
+    if samples < 1 or not 0.0 <= mix_weight <= 1.0 or not temperature > 0:
+        from searchr3.commands import UsageError
+
+        raise UsageError("--samples must be >= 1, --mix-weight in [0, 1] and --temperature > 0")
+    generation = {"mix_weight": mix_weight, "samples": samples, **({"temperature": temperature} if samples > 1 else {})}
     console = Console(width=None if sys.stdout.isatty() else 160)
     systems: list = []
     if baselines:
@@ -59,7 +70,7 @@ def evaluate(
     if model != "none":
         m = SearchR3.from_pretrained(model, max_length=max_length)
         name = f"searchr3 ({model or 'smollm2'})"
-        systems += [(name, m, r) for r in MODES[Reasoning(reasoning).value]]
+        systems += [(name, m, r, generation) for r in MODES[Reasoning(reasoning).value]]
     folders = [data] if isinstance(data, (str, Path)) else list(data)
     rows = []
     for folder in folders:
@@ -93,9 +104,14 @@ def eval_command(
     reasoning: Annotated[
         Reasoning,
         typer.Option(
-            help="Query encoding: direct (off), reasoning first (on), mix (0.6 direct + 0.4 reasoning), both (off and on), or all three."
+            help="Query encoding: direct (off), reasoning first (on), mix (--mix-weight x direct + the rest x reasoning), both (off and on), or all three."
         ),
     ] = Reasoning.both,
+    mix_weight: Annotated[float, typer.Option(help="mix: weight of the direct embedding (the reasoning one gets 1 - w).")] = 0.6,
+    samples: Annotated[
+        int, typer.Option(help="on/mix: reasoning rollouts per query, their embeddings averaged (1 = greedy; more are sampled).")
+    ] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the rollouts when --samples > 1.")] = 1.0,
     baselines: Annotated[bool, typer.Option(help="Also evaluate BM25 and all-MiniLM-L6-v2.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Write the rows as JSON here.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -127,4 +143,7 @@ def eval_command(
         cache=cache,
         max_docs=max_docs,
         max_queries=max_queries,
+        mix_weight=mix_weight,
+        samples=samples,
+        temperature=temperature,
     )
