@@ -123,9 +123,10 @@ class SearchR3:
         """Fix the vector the embedding token *reads* (its input embedding) to ``row``, whatever its
         tied output row learns: training teaches emission through the token's output row at a high
         learning rate (``token_lr``), and with tied embeddings that row is also the input at the very
-        position the embedding is read from. Measured on the built-in model, 12 SFT steps: held-out
-        nDCG@10 0.26 -> 0.07 with the drifting input, and restoring the base input on the same trained
-        weights gave 0.22 -> 0.44 on msmarco-mini[20q/300d]. Saved in ``searchr3.json``; ``None`` unpins."""
+        position the embedding is read from. Measured on the built-in model, the default 12 SFT steps:
+        held-out nDCG@10 0.26 -> 0.07 with the input drifting, -> 0.37 pinned; restoring the base input
+        on the drifted run's weights: 0.22 -> 0.44 on msmarco-mini[20q/300d]
+        (``benchmarks/results/token_row_ablation.json``). Saved in ``searchr3.json``; ``None`` unpins."""
         self.token_input = None if row is None else row.detach().float().cpu().clone()
         self._hook_token_input()
 
@@ -172,9 +173,12 @@ class SearchR3:
             max_length = int(meta["max_length"]) if meta and "max_length" in meta else 512
         out = cls(model, tokenizer, token_id, prompts, base_model=base, max_length=max_length, bf16=bf16)
         if meta and meta.get("token_input") is not None:
-            row = torch.tensor(meta["token_input"], dtype=torch.float32)
-            if row.shape != (out.hidden_size,):
-                raise ModelLoadError(f"{name_or_path}: token_input in {SEARCHR3_CONFIG} has shape {tuple(row.shape)}, expected ({out.hidden_size},)")
+            try:
+                row = torch.tensor(meta["token_input"], dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                row = None
+            if row is None or row.shape != (out.hidden_size,) or not bool(torch.isfinite(row).all()):
+                raise ModelLoadError(f"{name_or_path}: token_input in {SEARCHR3_CONFIG} is not {out.hidden_size} finite numbers")
             out.pin_token_input(row)
         return out
 

@@ -248,6 +248,12 @@ def test_corrupted_checkpoints(tiny, tmp_path):
     (tmp_path / "w" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ModelLoadError, match="cannot load the weights"):
         SearchR3.from_pretrained(tmp_path / "w")
+    for bad in ("abc", [1.0, 2.0], [float("nan")] * tiny.hidden_size):
+        tiny.save_pretrained(tmp_path / "t")
+        meta = json.loads((tmp_path / "t" / "searchr3.json").read_text())
+        (tmp_path / "t" / "searchr3.json").write_text(json.dumps({**meta, "token_input": bad}))
+        with pytest.raises(ModelLoadError, match="token_input in searchr3.json is not"):
+            SearchR3.from_pretrained(tmp_path / "t")
 
 
 def test_fingerprint_tracks_weights_and_prompts(tiny):
