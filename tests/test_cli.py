@@ -58,8 +58,23 @@ def test_eval_mix_of_sampled_rollouts(tmp_path, tiny_model_dir, cli, monkeypatch
     """--reasoning mix --samples 3: the row records its settings and what reasoning did."""
     monkeypatch.setenv("SEARCHR3_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "res.json"
-    res = cli("eval", "--data", write_beir(tmp_path / "beir"), "--model", tiny_model_dir, "--reasoning", "mix",
-              "--samples", "3", "--temperature", "0.7", "--mix-weight", "0.5", "--out", out)
+    res = cli(
+        "eval",
+        "--data",
+        write_beir(tmp_path / "beir"),
+        "--model",
+        tiny_model_dir,
+        "--reasoning",
+        "mix",
+        "--samples",
+        "3",
+        "--temperature",
+        "0.7",
+        "--mix-weight",
+        "0.5",
+        "--out",
+        out,
+    )
     assert res.code == 0, res.err[-3000:]
     (row,) = json.loads(out.read_text())
     assert row["reasoning"] == "mix" and row["generation"] == {"mix_weight": 0.5, "samples": 3, "temperature": 0.7}
