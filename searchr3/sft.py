@@ -337,12 +337,14 @@ def prepare_model(m, cfg: SFTConfig):
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=lora_targets(m.model),
             task_type="CAUSAL_LM", trainable_token_indices=[m.embed_token_id], **extra,
         )
-        base_row = m.model.get_input_embeddings().weight[m.embed_token_id].detach().clone()
+        # With top-layer LoRA the token row learns emission on its output side only; its input stays put.
+        pin = top_only and m.token_input is None
+        base_row = m.model.get_input_embeddings().weight[m.embed_token_id].detach().clone() if pin else None
         m.model = get_peft_model(m.model, lcfg)
         if top_only:
             m.model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.detach())
-            if m.token_input is None:  # the token row learns emission on its output side; its input stays put
-                m.pin_token_input(base_row)
+        if pin:
+            m.pin_token_input(base_row)
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so the frozen lower layers of a
         # top-layer LoRA stay out of the graph (enable_input_require_grads would pull them back in).

@@ -55,12 +55,13 @@ def evaluate(
     from searchr3.evaluation import format_table, run_evaluation, write_results
     from searchr3.retrieval import default_corpus_cache
 
-    # Piped or captured output has no terminal width: give the nine-column table room instead of folding headers.
+    # Checked before the model loads and the corpus is encoded (the model would refuse them only then).
     if samples < 1 or not 0.0 <= mix_weight <= 1.0 or not temperature > 0:
         from searchr3.commands import UsageError
 
         raise UsageError("--samples must be >= 1, --mix-weight in [0, 1] and --temperature > 0")
     generation = {"mix_weight": mix_weight, "samples": samples, **({"temperature": temperature} if samples > 1 else {})}
+    # Piped or captured output has no terminal width: give the nine-column table room instead of folding headers.
     console = Console(width=None if sys.stdout.isatty() else 160)
     systems: list = []
     if baselines:
