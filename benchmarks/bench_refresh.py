@@ -1,21 +1,20 @@
-"""Refresh policies of the RL environment compared over one real GRPO run.
+"""Refresh policies of the RL environment compared over one long, real GRPO run.
 
-The run itself trains with the ``full`` policy, so after every optimizer step its index *is* the
-truth: the whole (sub-)corpus re-encoded with the current weights. Shadow environments with the
-other policies start from the same initial index and see exactly the same rollouts; when one of
-them re-encodes a document, it gets the truth's row for it (the same weights would produce the same
-vector), so the shadows cost no extra encoding while their counts are exact. At every step each
-policy's rewards and ranks are compared with exact retrieval over the truth.
+The run trains with one policy (``--train-policy``, default ``lazy-deciding``). Shadow
+environments with the other policies start from the same initial index, see exactly the same
+rollouts and direct embeddings, and re-encode what their policy asks for with the run's current
+weights, each timing its own encoding: so today's behaviour (``local``) and the new default are
+measured in the same run, on the same machine state. ``full`` is the truth: at the ``--truth-at``
+steps the whole corpus is re-encoded with the current weights (before the update, as the step sees
+them) and every policy's rewards and ranks are compared with exact retrieval over it; ``full`` itself
+is counted (corpus size per step), not run, and its error is 0 by definition. The truth encodes,
+the shadows' work and the bookkeeping are excluded from the step times.
 
-    python benchmarks/bench_refresh.py --init runs/sft-tau0.02/final --docs 0 --max-length 96 --steps 6 --queries 2 --group 4 --max-new-tokens 32
-
-(the run in ``results/``: the whole scifact-2k corpus, 2,101 documents, from the 12-step SFT checkpoint,
-11 minutes on 2 idle cores). The full policy re-encodes the whole corpus every step, so the corpus size
-is what makes this benchmark expensive; the local policy's work per step depends on queries x
-candidates x neighbours, not on the corpus. Start from an SFT checkpoint: the base model's rewards
-are almost all 0, which makes every policy's reward error look small.
+    python benchmarks/bench_refresh.py --data ../shared/data/train/nq --init runs/sft-r/final \\
+        --steps 50 --lr 1e-4 --doc-max-length 96 --truth-at 10,30,50
 
 Writes ``benchmarks/results/refresh.json``, ``refresh.jsonl`` (per step) and ``refresh.png``.
+The initial corpus embeddings are cached in ``<--work>-corpus-embeddings`` across runs.
 """
 from __future__ import annotations
 
@@ -36,93 +35,154 @@ from searchr3.plots import plot_curves
 HERE = Path(__file__).resolve().parent
 POLICIES = {
     "none": dict(refresh="none"),
-    "local": dict(refresh="local", neighbours=2),
-    "local-stale-positives": dict(refresh="local", neighbours=2, fresh_positives=False),
-    "local+age4": dict(refresh="local", neighbours=2, max_age=4),
+    "local": dict(refresh="local", neighbours=2),  # the default before lazy
+    "lazy-deciding": dict(refresh="lazy", repair_all=False),  # re-encode what decides each reward
+    "lazy-all": dict(refresh="lazy", repair_all=True),  # ... and every top candidate (fresh negatives): the default
 }
+
+
+def summarise(rows: list[dict], names: list[str], n_docs: int, k: int) -> dict:
+    truth_rows = [r for r in rows if "reward_error_none" in r]
+    out = {}
+    for name in names:
+        enc = [r[f"encoded_{name}"] for r in rows]
+        enc_s = [r[f"encode_seconds_{name}"] for r in rows if f"encode_seconds_{name}" in r]  # full: the truth steps
+        errs = [r[f"reward_error_{name}"] for r in truth_rows]
+        out[name] = {
+            "encoded_total": int(sum(enc)), "encoded_per_step": float(np.mean(enc)), "share_per_step": float(np.mean(enc) / n_docs),
+            "encoding_saving_vs_full": float(n_docs * len(rows) / max(1, sum(enc))),
+            "encode_seconds_per_step": float(np.mean(enc_s)),
+            "mean_abs_reward_error": float(np.mean(errs)), "max_step_reward_error": float(np.max(errs)),
+            "mean_abs_rank_error": float(np.mean([r[f"rank_error_{name}"] for r in truth_rows])),
+            f"recall@{k}": float(np.mean([r[f"recall@{k}_{name}"] for r in truth_rows])),
+            "reward_error_by_step": {r["step"]: r[f"reward_error_{name}"] for r in truth_rows},
+            "rank_error_by_step": {r["step"]: r[f"rank_error_{name}"] for r in truth_rows},
+        }
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "scifact-2k"))
-    ap.add_argument("--init", default=None, help="model to start from (default: built-in SmolLM2)")
-    ap.add_argument("--docs", type=int, default=1000, help="corpus subset: first N documents + every judged one")
-    ap.add_argument("--max-length", type=int, default=96, help="document length in tokens")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--queries", type=int, default=2, help="queries per step")
+    ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data" / "train" / "nq"))
+    ap.add_argument("--init", default=None, help="model to start from, e.g. a stage-1 run's final/ (default: built-in SmolLM2)")
+    ap.add_argument("--docs", type=int, default=0, help="corpus subset: first N documents + every judged one (0 = all)")
+    ap.add_argument("--doc-max-length", type=int, default=96, help="document length in tokens")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--queries", type=int, default=4, help="queries per step")
     ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--train-policy", default="lazy-deciding", choices=sorted(POLICIES))
+    ap.add_argument("--truth-at", default="1,10,25,50", help="steps at which the whole corpus is re-encoded as the truth")
     ap.add_argument("--work", default="/tmp/searchr3-bench-refresh", help="scratch run folder")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--name", default="refresh", help="stem of the output files")
     args = ap.parse_args()
+    truth_at = {int(s) for s in args.truth_at.split(",") if s}
 
-    env_cfg = EnvConfig(refresh="full")
+    env_cfg = EnvConfig(**POLICIES[args.train_policy])
     cfg = GRPOConfig(out=args.work, init=args.init, data=args.data, steps=args.steps, queries_per_step=args.queries,
-                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, doc_max_length=args.max_length,
-                     corpus_limit=args.docs, save_every=10**9, env=env_cfg)
-    shutil.rmtree(args.work, ignore_errors=True)  # a scratch run folder: a run folder is never reused without --resume
-    trainer = GRPOTrainer(cfg)
-    truth_env = trainer.env
-    n = truth_env.size
-    shadows = {name: RetrievalEnv(truth_env.doc_ids, lambda pos: truth_env.emb[pos], replace(env_cfg, **kw),
-                                  embeddings=truth_env.emb.copy(), versions=truth_env.versions)
-               for name, kw in POLICIES.items()}
+                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9,
+                     env=env_cfg, show_progress_bar=False)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)  # a scratch run folder: a run folder is never reused without --resume
+    t_init = time.perf_counter()
+    # the initial corpus encoding is cached beside it (by model, document length and corpus) across runs
+    trainer = GRPOTrainer(cfg, corpus_cache=work.parent / (work.name + "-corpus-embeddings"))
+    init_seconds = time.perf_counter() - t_init
+    run_env = trainer.env
+    n = run_env.size
+    initial = run_env.emb.copy()
+    shadows = {name: RetrievalEnv(run_env.doc_ids, run_env.encode, replace(env_cfg, **kw), embeddings=initial.copy(),
+                                  versions=run_env.versions)
+               for name, kw in POLICIES.items() if name != args.train_policy}
+    envs = {args.train_policy: run_env, **shadows}
     rows: list[dict] = []
-    true_step = truth_env.step
+    run_step = run_env.step
+    overhead = [0.0]  # seconds of the step spent on the benchmark's own work
+    prev_truth: list = [initial, 0]
 
-    def observed_step(queries, q_emb, positives, emitted=None):
-        """The trainer's env.step, plus the same rollouts scored by every shadow against the truth."""
-        res = true_step(queries, q_emb, positives, emitted)
-        truth = truth_env.emb.copy()  # full policy: the index holds the current weights' encoding
-        row = {"step": len(rows) + 1, **{f"{k}_full": v for k, v in truth_env.drift(q_emb, res, truth).items()}}
+    def observed_step(queries, q_emb, positives, emitted=None, hit_limit=None, direct=None):
+        """The run's env.step, then the same rollouts scored by every shadow (and, at truth steps, everyone against the truth)."""
+        res = run_step(queries, q_emb, positives, emitted, hit_limit, direct)
+        t0 = time.perf_counter()
+        step = trainer.step + 1
+        per_query: dict[str, list[float]] = {}
+        for q, r in zip(queries, res.rewards.tolist()):
+            per_query.setdefault(q, []).append(r)
+        row = {"step": step, "reward_per_query": {q: float(np.mean(v)) for q, v in per_query.items()}}
+        results = {args.train_policy: res}
         for name, env in shadows.items():
-            r = env.step(queries, q_emb, positives, emitted)
-            row.update({f"{k}_{name}": v for k, v in env.drift(q_emb, r, truth).items()})
+            results[name] = env.step(queries, q_emb, positives, emitted, hit_limit, direct)
+        if step in truth_at:
+            t1 = time.perf_counter()
+            truth = run_env._encode(list(range(n)))  # the current weights' whole corpus, not written anywhere
+            row["truth_seconds"] = time.perf_counter() - t1
+            row["drift_from_initial"] = float((1 - (truth * initial).sum(1)).mean())
+            row["drift_per_step_since_last_truth"] = float((1 - (truth * prev_truth[0]).sum(1)).mean()) / max(1, step - 1 - prev_truth[1])
+            prev_truth[:] = [truth, step - 1]
+            for name, env in envs.items():
+                row.update({f"{k}_{name}": v for k, v in env.drift(q_emb, results[name], truth).items()})
         rows.append(row)
+        overhead[0] += time.perf_counter() - t0
         return res
 
-    truth_env.step = observed_step
-    log = Path(args.out) / "refresh.jsonl"
+    run_env.step = observed_step
+    names_all = ["full", *envs]
+    log = Path(args.out) / f"{args.name}.jsonl"
     start = time.perf_counter()
     while trainer.step < cfg.steps:
+        overhead[0] = 0.0
         out = trainer.train_step()
         row = rows[-1]
-        row.update(encoded_full=out["encoded"], reward=out["reward"], seconds=out["seconds"])
+        step_seconds = out["seconds"] - overhead[0]
+        row.update(reward=out["reward"], reward_std=out["reward_std"], ndcg=out["ndcg"], direct_ndcg=out.get("direct_ndcg"),
+                   emitted=out["emitted"], completion_tokens=out["completion_tokens"], kl=out["kl"], gen_seconds=out["gen_seconds"],
+                   step_seconds=step_seconds, doc_drift=out["doc_drift"], doc_drift_age=out["doc_drift_age"],
+                   encoded_full=n, **({"encode_seconds_full": row["truth_seconds"]} if "truth_seconds" in row else {}))
+        row.update({f"encoded_{args.train_policy}": out["encoded"], f"encode_seconds_{args.train_policy}": out["refresh_seconds"],
+                    f"mean_age_{args.train_policy}": out["mean_age"]})
         for name, env in shadows.items():
             stats = env.refresh()
-            env.check_consistency()
-            row.update({f"encoded_{name}": stats.encoded, f"mean_age_{name}": stats.mean_age})
-        print(json.dumps(row))
+            row.update({f"encoded_{name}": stats.encoded, f"encode_seconds_{name}": stats.encode_seconds, f"mean_age_{name}": stats.mean_age})
+        # The step without the benchmark's work, with each policy's encoding in place of the run's own.
+        for name in [n_ for n_ in names_all if f"encode_seconds_{n_}" in row]:
+            row[f"refresh_share_{name}"] = row[f"encode_seconds_{name}"] / (step_seconds - out["refresh_seconds"] + row[f"encode_seconds_{name}"])
+        if "reward_error_none" in row:
+            row.update({"reward_error_full": 0.0, "rank_error_full": 0.0, f"recall@{env_cfg.k}_full": 1.0})
+        print(json.dumps({k: v for k, v in row.items() if k != "reward_per_query"}), flush=True)
         atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
     seconds = time.perf_counter() - start
 
-    summary = {}
-    for name in ["full", *POLICIES]:
-        enc = [r[f"encoded_{name}"] for r in rows]
-        summary[name] = {
-            "encoded_total": int(sum(enc)), "encoded_per_step": float(np.mean(enc)),
-            "share_per_step": float(np.mean(enc) / n),
-            "encoding_saving_vs_full": float(n * len(rows) / max(1, sum(enc))),
-            "mean_abs_reward_error": float(np.mean([r[f"reward_error_{name}"] for r in rows])),
-            "max_step_reward_error": float(np.max([r[f"reward_error_{name}"] for r in rows])),
-            "mean_abs_rank_error": float(np.mean([r[f"rank_error_{name}"] for r in rows])),
-            f"recall@{env_cfg.k}": float(np.mean([r[f"recall@{env_cfg.k}_{name}"] for r in rows])),
-        }
+    names = ["full", *envs]
+    policies = summarise(rows, names, n, env_cfg.k)
+    for name in names:
+        policies[name]["refresh_share_of_step"] = float(np.mean([r[f"refresh_share_{name}"] for r in rows if f"refresh_share_{name}" in r]))
+    first, last = [q for r in rows[:10] for q in r["reward_per_query"].values()], [q for r in rows[-10:] for q in r["reward_per_query"].values()]
+    truths = [r for r in rows if "drift_from_initial" in r]
     result = {
-        "setup": {"corpus_docs": n, "doc_max_length": args.max_length, "steps": args.steps,
-                  "queries_per_step": args.queries, "group": args.group, "max_new_tokens": args.max_new_tokens,
-                  "lr": args.lr, "init": args.init or "built-in SmolLM2-135M-Instruct", "env": asdict(env_cfg),
-                  "policies": POLICIES, "seconds": seconds},
-        "policies": summary,
-        "target": {"local_saving_at_least": 10, "local_reward_error_below": 0.02,
-                   "met": summary["local"]["encoding_saving_vs_full"] >= 10
-                   and summary["local"]["mean_abs_reward_error"] < 0.02},
+        "setup": {"data": args.data, "corpus_docs": n, "training_queries": len(trainer.queries), "doc_max_length": cfg.doc_max_length,
+                  "steps": args.steps, "queries_per_step": args.queries, "group": args.group, "max_new_tokens": args.max_new_tokens,
+                  "lr": args.lr, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
+                  "env": asdict(env_cfg), "policies": POLICIES, "truth_at": sorted(truth_at), "seconds": seconds,
+                  "init_seconds": init_seconds},
+        "policies": policies,
+        "step_seconds_mean": float(np.mean([r["step_seconds"] for r in rows])),
+        "reward": {"first10_mean": float(np.mean(first)), "first10_std_across_queries": float(np.std(first)),
+                   "last10_mean": float(np.mean(last)), "last10_std_across_queries": float(np.std(last)),
+                   "first10_queries": len(first), "last10_queries": len(last)},
+        "doc_drift": {"from_initial_by_step": {r["step"]: r["drift_from_initial"] for r in truths},
+                      "per_step_by_step": {r["step"]: r["drift_per_step_since_last_truth"] for r in truths},
+                      "rereads_mean_cosine_distance": float(np.mean([r["doc_drift"] for r in rows]))},
+        "target": {"saving_at_least": 10, "reward_error_at_most": 0.01, "refresh_share_at_most": 0.25},
     }
-    atomic_write_json(Path(args.out) / "refresh.json", result)
-    keys = [f"{m}_{p}" for m in ("encoded", "reward_error", "rank_error") for p in ("full", *POLICIES)]
-    plot_curves(log, Path(args.out) / "refresh.png", keys)
-    print(json.dumps(summary, indent=2))
+    result["target"]["met"] = any(p["encoding_saving_vs_full"] >= 10 and p["mean_abs_reward_error"] <= 0.01
+                                  and p["refresh_share_of_step"] <= 0.25 for name, p in policies.items() if name != "full")
+    atomic_write_json(Path(args.out) / f"{args.name}.json", result)
+    keys = ["reward", "emitted", "step_seconds", *[f"encoded_{p}" for p in envs], *[f"refresh_share_{p}" for p in envs],
+            *[f"reward_error_{p}" for p in envs], *[f"rank_error_{p}" for p in envs], "drift_from_initial"]
+    plot_curves(log, Path(args.out) / f"{args.name}.png", keys)
+    print(json.dumps({k: v for k, v in result.items() if k != "setup"}, indent=2))
 
 
 if __name__ == "__main__":

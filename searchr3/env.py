@@ -11,17 +11,40 @@
   without it. Given each rollout's *direct* query embedding too (stage 2 passes the policy's own), the
   reward is the *gain* over the direct embedding's nDCG on the same index: reasoning earns only what
   it adds.
-* After each policy update, :meth:`RetrievalEnv.refresh` re-encodes with the current weights:
-  ``none`` nothing; ``full`` the whole corpus; ``local`` the documents the steps since the last
-  refresh touched (retrieved candidates and positives) plus ``neighbours`` graph neighbours of each
-  (found with ``knn_query`` of the document's own stored vector), plus the staleness budget: every
-  document older than ``max_age`` versions, and the oldest ``sweep_share`` of the corpus.
-  Vectors are written back in place (``add_items`` with an existing label replaces it).
-* The ``local`` policy also re-encodes, *before* scoring a step, that step's relevant documents
-  whose vectors are older than the current weights (``fresh_positives``): a reward is decided by
-  where the relevant documents rank, and the refresh after the update only covers what earlier
-  queries touched, so without this the new queries' positives are the stalest rows that matter.
-  It costs about one document per query (measured in ``benchmarks/bench_refresh.py``).
+* After each policy update, :meth:`RetrievalEnv.refresh` advances the index's *version* and re-encodes
+  with the current weights: ``none`` nothing; ``full`` the whole corpus; ``local`` the documents the
+  steps since the last refresh touched (retrieved candidates and positives) plus ``neighbours`` graph
+  neighbours of each (found with ``knn_query`` of the document's own stored vector); ``lazy`` nothing
+  after the update, but every step re-encodes what it reads (below). Any policy but ``none`` adds the
+  staleness budget: every document older than ``max_age`` versions, and the oldest ``sweep_share`` of
+  the corpus. Vectors are written back in place (``add_items`` with an existing label replaces it).
+* Before scoring a step, ``local`` re-encodes that step's relevant documents whose vectors are older
+  than the current weights (``fresh_positives``): a reward is decided by where the relevant documents
+  rank, and the refresh after the update only covers what earlier queries touched, so without this
+  the new queries' positives are the stalest rows that matter (about one document per query).
+* ``lazy`` (re-encode on read, the default) goes further: before scoring, the step's stale positives
+  *and* the stale documents that decide each reward are re-encoded, and the step searched again,
+  until none of those is stale (at most ``repair_rounds`` rounds). For each of the step's query
+  embeddings (rollouts and the direct baselines) the deciding documents are those ranked above its
+  lowest-ranked relevant document when every relevant document is in the top ``k``, else the whole
+  top ``k`` (any of them may fall below a relevant one); with ``repair_all`` (the default) every
+  document among the top ``candidates``, so that the contrastive term's negatives are fresh too.
+  Measured over a 50-step run (``benchmarks/bench_refresh.py``, 6,849 nq paragraphs): while the
+  weights moved little (steps 10 and 30) ``repair_all`` had reward errors 0.000 / 0.011 for 76
+  documents a step, the deciding documents alone 0.000 / 0.032 for 23, ``local`` 0.092 / 0.116 for 120. Every row that decides
+  a reward is then the current weights' own; what the policy can still miss is a stale document whose
+  fresh vector would pass a relevant one while its stale one does not. Its work per step is the
+  distinct documents the step reads, with no graph neighbours and no re-encoding of what later steps
+  never read (measured in ``benchmarks/bench_refresh.py``).
+* A partly refreshed index mixes two spaces: rows of the current weights and rows of older ones. While
+  the weights move little that is harmless; when they move far, a freshly re-encoded relevant document
+  beats every stale row whatever the query says, so the reward reads high while the truth is low, and
+  the contrastive term (fresh positive against stale negatives) pays the policy to move further
+  (measured: ``benchmarks/results/refresh_lr3e-4.json``). ``full_at_drift`` guards against it: a refresh
+  whose re-encoded rows moved more than that (mean cosine distance since the last refresh) re-encodes
+  the whole corpus.
+* Every re-encode is timed (``RefreshStats.encode_seconds``, the step-time ones included) and its
+  movement recorded: ``drift`` is the mean cosine distance of the new rows from the rows they replace.
 * :meth:`RetrievalEnv.drift` compares the stale index with a fully re-encoded corpus: reward error,
   rank error of the best relevant document, and recall@k of the stale top-k against the true top-k.
 """
@@ -29,6 +52,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +63,7 @@ from .io import atomic_write_bytes
 from .retrieval import HnswGraph, exact_top_k
 
 Encode = Callable[[list[int]], np.ndarray]  # corpus positions -> L2-normalised float32 rows
-POLICIES = ("none", "local", "full")
+POLICIES = ("none", "local", "lazy", "full")
 
 
 @dataclass
@@ -50,7 +74,7 @@ class EnvConfig:
     candidates: int = 10  # documents retrieved per query (>= k): touched, and the contrastive negatives
     format_penalty: float = 0.1  # subtracted when the rollout ended its turn without the embedding token
     limit_penalty: float = 0.5  # subtracted instead when it ran into the length limit without the token
-    refresh: str = "local"  # none | local | full
+    refresh: str = "lazy"  # none | local | lazy | full (module doc)
     neighbours: int = 2  # graph neighbours of each touched document also refreshed (local)
     max_age: int = 0  # staleness budget: re-encode documents older than this many versions (0 = off)
     sweep_share: float = 0.0  # staleness budget: also re-encode the oldest share of the corpus per refresh
@@ -58,14 +82,19 @@ class EnvConfig:
     M: int = 16  # hnswlib graph degree
     seed: int = 0
     fresh_positives: bool = True  # local: re-encode a step's stale relevant documents before scoring
+    repair_rounds: int = 3  # lazy: re-encode-and-search rounds per step until what decides the rewards is fresh
+    repair_all: bool = True  # lazy: re-encode every stale top candidate (fresh negatives too), not only those that decide the reward
+    full_at_drift: float = 0.0  # local/lazy: re-encode the whole corpus at a refresh where the rows re-encoded since the last one moved more than this (mean cosine distance; 0 = never)
 
     def __post_init__(self) -> None:
         if self.refresh not in POLICIES:
             raise ValueError(f"refresh must be one of {POLICIES}, got {self.refresh!r}")
         if self.k < 1 or self.candidates < self.k:
             raise ValueError(f"need 1 <= k <= candidates, got k={self.k}, candidates={self.candidates}")
-        if self.neighbours < 0 or self.max_age < 0 or not 0.0 <= self.sweep_share <= 1.0:
-            raise ValueError("neighbours and max_age must be >= 0 and sweep_share in [0, 1]")
+        if self.neighbours < 0 or self.max_age < 0 or not 0.0 <= self.sweep_share <= 1.0 or self.repair_rounds < 1:
+            raise ValueError("neighbours and max_age must be >= 0, repair_rounds >= 1 and sweep_share in [0, 1]")
+        if self.full_at_drift < 0:
+            raise ValueError("full_at_drift must be >= 0")
         if self.format_penalty < 0 or self.limit_penalty < 0:
             raise ValueError("format_penalty and limit_penalty must be >= 0")
 
@@ -93,7 +122,10 @@ class RefreshStats:
     touched: int  # documents the steps touched (before neighbours and budget)
     mean_age: float  # mean version age of the index after the refresh
     max_age: int
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of refresh() itself
+    encode_seconds: float = 0.0  # time spent re-encoding since the last refresh (the steps' re-encodes included)
+    drift: float = 0.0  # mean cosine distance of the re-encoded rows from the rows they replaced
+    drift_age: float = 0.0  # mean number of versions those replaced rows were old
     extra: dict = field(default_factory=dict)
 
 
@@ -141,7 +173,9 @@ class RetrievalEnv:
                                      seed=self.config.seed, num_threads=1)
         self.index.set_ef(max(self.config.ef, self.config.candidates + self.config.neighbours + 1))
         self._touched: set[int] = set()
-        self._step_encoded = 0  # fresh positives encoded by steps since the last refresh
+        self._step_encoded = 0  # documents encoded by steps (fresh positives, lazy repairs) since the last refresh
+        self._moved = [0.0, 0.0, 0.0]  # since the last refresh: summed cosine distance, summed age, encode seconds
+        self._since = 0  # total_encoded at the last refresh
         self.total_encoded = 0
 
     @property
@@ -214,10 +248,12 @@ class RetrievalEnv:
             raise ValueError(f"emitted, hit_limit and direct must have {n} entries")
         cfg = self.config
         pos_maps = self._positions(queries, positives)
-        if cfg.refresh == "local" and cfg.fresh_positives:
-            stale = sorted({p for pos in pos_maps for p in pos if self.versions[p] < self.version})
-            self.update(stale)
-            self._step_encoded += len(stale)
+        stale_positives = sorted({p for pos in pos_maps for p in pos if self.versions[p] < self.version})
+        if cfg.refresh == "lazy" or (cfg.refresh == "local" and cfg.fresh_positives):
+            self._step_update(stale_positives)
+        if cfg.refresh == "lazy":
+            read = query_embeddings if direct is None else np.concatenate([query_embeddings, direct])
+            self._repair(read, pos_maps if direct is None else pos_maps + pos_maps)
         ranked, ndcg, ranks = self._rank(query_embeddings, pos_maps)
         base = np.zeros(n, np.float32) if direct is None else self._rank(direct, pos_maps)[1]
         for i, pos in enumerate(pos_maps):
@@ -227,6 +263,31 @@ class RetrievalEnv:
         rewards = ndcg - base - penalty
         return StepResult(rewards, ranks, [r.tolist() for r in ranked], pos_maps, emitted, ndcg, None if direct is None else base)
 
+    def _step_update(self, positions: list[int]) -> None:
+        self.update(positions)
+        self._step_encoded += len(positions)
+
+    def deciding(self, ranked: Sequence[int], positives: Mapping[int, int]) -> list[int]:
+        """The documents of one ranking that decide its reward (``lazy``, module doc): those above the
+        lowest-ranked relevant document when all relevant ones are in the top ``k``, else the top ``k``;
+        with ``repair_all``, the whole ranking."""
+        if self.config.repair_all:
+            return list(ranked)
+        top = list(ranked[: self.config.k])
+        hits = [r for r, d in enumerate(top) if d in positives]
+        return top[: max(hits)] if len(hits) == len(positives) else top
+
+    def _repair(self, query_embeddings: np.ndarray, pos_maps: list[dict[int, int]]) -> None:
+        """``lazy``: re-encode the stale rows that decide the rewards of ``query_embeddings`` and search
+        again, until none is stale or ``repair_rounds`` rounds are done."""
+        for _ in range(self.config.repair_rounds):
+            ranked = self.search(query_embeddings, self.config.candidates)
+            read = {d for row, pos in zip(ranked.tolist(), pos_maps) for d in self.deciding(row, pos)}
+            stale = sorted(d for d in read if self.versions[d] < self.version)
+            if not stale:
+                return
+            self._step_update(stale)
+
     # ------------------------------------------------------------------ refresh
     def refresh_set(self) -> tuple[list[int], int]:
         """(sorted positions the policy would re-encode now, number touched by steps) — see module doc."""
@@ -234,10 +295,12 @@ class RetrievalEnv:
         touched = sorted(self._touched)
         if cfg.refresh == "none":
             return [], len(touched)
-        if cfg.refresh == "full":
+        encoded = self.total_encoded - self._since
+        moved = self._moved[0] / encoded if encoded else 0.0
+        if cfg.refresh == "full" or (cfg.full_at_drift and moved > cfg.full_at_drift):
             return list(range(self.size)), len(touched)
-        chosen = set(touched)
-        if cfg.neighbours and touched:
+        chosen = set(touched) if cfg.refresh == "local" else set()
+        if cfg.refresh == "local" and cfg.neighbours and touched:
             # Graph neighbours: the nearest documents to each touched document's own stored vector.
             near = self.search(self.emb[touched], cfg.neighbours + 1)
             chosen.update(near.ravel().tolist())
@@ -253,18 +316,19 @@ class RetrievalEnv:
 
     def refresh(self) -> RefreshStats:
         """Advance to the next policy version and re-encode what the policy asks for, in place."""
-        import time
-
         start = time.perf_counter()
         self.version += 1
         chosen, touched = self.refresh_set()
         self.update(chosen)
         encoded = len(chosen) + self._step_encoded
+        moved, ages, enc_seconds = self._moved
         self._touched.clear()
         self._step_encoded = 0
+        self._moved = [0.0, 0.0, 0.0]
+        self._since = self.total_encoded
         age = self.version - self.versions
-        return RefreshStats(self.version, encoded, encoded / self.size, touched, float(age.mean()),
-                            int(age.max()), time.perf_counter() - start)
+        return RefreshStats(self.version, encoded, encoded / self.size, touched, float(age.mean()), int(age.max()),
+                            time.perf_counter() - start, enc_seconds, moved / max(1, encoded), ages / max(1, encoded))
 
     def update(self, positions: Sequence[int], embeddings: np.ndarray | None = None) -> None:
         """Write new vectors (encoded now unless given) for ``positions`` into the graph and the mirror."""
@@ -273,11 +337,16 @@ class RetrievalEnv:
             return
         if min(positions) < 0 or max(positions) >= self.size:
             raise ValueError(f"positions must be in [0, {self.size})")
+        start = time.perf_counter()
         vecs = self._encode(positions) if embeddings is None else np.asarray(embeddings, np.float32)
+        if embeddings is None:  # a re-encode: record how far the rows moved and what it cost
+            self._moved[0] += float((1.0 - (self.emb[positions] * vecs).sum(1)).sum())
+            self._moved[1] += float((self.version - self.versions[positions]).sum())
         self.index.add(vecs, positions, num_threads=1)
         self.emb[positions] = vecs
         self.versions[positions] = self.version
         self.total_encoded += len(positions) if embeddings is None else 0
+        self._moved[2] += time.perf_counter() - start
 
     def check_consistency(self, atol: float = 1e-6) -> None:
         """Raise if the graph's labels or vectors differ from the mirror (every position, exactly once)."""
@@ -299,7 +368,7 @@ class RetrievalEnv:
         for i, pos in enumerate(result.positives):
             order = true_top[i]
             true_reward, _ = dcg_reward(order[: cfg.candidates].tolist(), pos, cfg.k)
-            stale_reward = result.rewards[i] + cfg.format_penalty * (not result.emitted[i])
+            stale_reward = float(result.ndcg[i])  # the retrieval part alone (no penalty, no gain baseline)
             rew_err.append(abs(float(stale_reward) - true_reward))
             best = max(pos, key=lambda d: (pos[d], -d))
             rank_true = 1 + int((true_scores[i] > true_scores[i, best]).sum())
@@ -327,7 +396,7 @@ class RetrievalEnv:
         with np.load(path) as z:
             env = cls([str(d) for d in z["doc_ids"]], encode, config, embeddings=z["emb"], versions=z["versions"],
                       version=int(z["version"]))
-            env.total_encoded = int(z["total_encoded"])
+            env.total_encoded = env._since = int(z["total_encoded"])
         return env
 
 

@@ -203,7 +203,7 @@ class GRPOTrainer:
     The run folder (:class:`~searchr3.runs.RunFolder`) is checked and its ``config.json`` written
     before the model is loaded; with ``resume`` the checkpoint is loaded here."""
 
-    def __init__(self, cfg: GRPOConfig, model=None, *, resume: bool = False) -> None:
+    def __init__(self, cfg: GRPOConfig, model=None, *, resume: bool = False, corpus_cache: str | Path | None = None) -> None:
         from peft import LoraConfig, get_peft_model
 
         from . import SearchR3
@@ -211,6 +211,9 @@ class GRPOTrainer:
 
         self.cfg = cfg
         self.out = Path(cfg.out)
+        # where the initial corpus embeddings are cached (by model, document length and corpus): the run folder
+        # unless given, e.g. a benchmark that starts scratch runs again and again over one corpus
+        self.corpus_cache = Path(corpus_cache) if corpus_cache else self.out / "corpus-embeddings"
         self.dist = Dist()  # N processes under `accelerate launch`, else one
         self.dist.per_rank(cfg.queries_per_step, "queries_per_step")  # checked before anything is written
         random.seed(cfg.seed)
@@ -248,7 +251,7 @@ class GRPOTrainer:
         from .retrieval import cached_encode
 
         fingerprint = f"{self.model.fingerprint()}|doc_max_length={self.cfg.doc_max_length}"
-        emb = cached_encode(encode, self.doc_ids, self.doc_texts, fingerprint=fingerprint, cache_dir=self.out / "corpus-embeddings",
+        emb = cached_encode(encode, self.doc_ids, self.doc_texts, fingerprint=fingerprint, cache_dir=self.corpus_cache,
                             write=self.dist.is_main)
         return RetrievalEnv(self.doc_ids, encode, self.cfg.env, embeddings=emb.embeddings)
 
@@ -329,6 +332,7 @@ class GRPOTrainer:
         m.model.eval()
         stats = env.refresh()
         self.step += 1
+        seconds = time.perf_counter() - t0
         lengths = [n for _, _, ns in parts for n in ns]
         return {
             "step": self.step, "reward": float(res.rewards.mean()), "reward_std": float(res.rewards.std()),
@@ -338,7 +342,9 @@ class GRPOTrainer:
             "emitted": float(np.mean(emitted)), "completion_tokens": float(np.mean(lengths)),
             "loss": glob[0], "pg": glob[1], "kl": glob[2], "nce": glob[3], "grad_norm": float(grad_norm),
             "encoded": stats.encoded, "encoded_share": stats.share, "mean_age": stats.mean_age,
-            "gen_seconds": t_gen, "refresh_seconds": stats.seconds, "seconds": time.perf_counter() - t0, "processes": d.world,
+            "doc_drift": stats.drift, "doc_drift_age": stats.drift_age,
+            "gen_seconds": t_gen, "refresh_seconds": stats.encode_seconds, "seconds": seconds,
+            "refresh_share": stats.encode_seconds / seconds, "processes": d.world,
         }
 
     def train(self) -> Path:
@@ -361,7 +367,8 @@ class GRPOTrainer:
             self.model.save_pretrained(self.folder.final, merge=self.merged_init)
             from .plots import plot_curves
 
-            plot_curves(self.log_path, self.out / "reward.png", ["reward", "ndcg", "direct_ndcg", "emitted", "hit_limit", "mean_rank", "kl", "nce", "encoded"])
+            plot_curves(self.log_path, self.out / "reward.png", ["reward", "ndcg", "direct_ndcg", "emitted", "hit_limit", "mean_rank", "kl", "nce"])
+            plot_curves(self.log_path, self.out / "env.png", ["encoded", "refresh_share", "doc_drift", "mean_age"])
         self.dist.barrier()  # the final model exists when any rank returns
         return self.folder.final
 

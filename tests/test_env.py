@@ -72,7 +72,7 @@ def _perturb(tiny, seed):
 
 def test_local_refresh_updates_exactly_the_touched_ids_and_their_neighbours(tiny):
     encode = model_encoder(tiny, TEXTS)
-    env = RetrievalEnv([f"d{i}" for i in range(len(TEXTS))], encode, EnvConfig(k=2, candidates=3, neighbours=1))
+    env = RetrievalEnv([f"d{i}" for i in range(len(TEXTS))], encode, EnvConfig(k=2, candidates=3, neighbours=1, refresh="local"))
     before = env.emb.copy()
     q = tiny.encode_query(["proteins folding"])
     res = env.step(["q"], q, [{"d20": 1}])
@@ -212,3 +212,98 @@ def test_gain_reward_and_penalties_by_hand():
     assert env.score(["q"], first[:1], pos[:1]) == pytest.approx([at3])  # the baseline alone, no side effect
     with pytest.raises(ValueError, match="direct"):
         env.step(["q"], third[:1], pos[:1], direct=first)
+
+
+def test_lazy_policy_re_encodes_exactly_what_the_step_reads():
+    q = unit([[math.cos(-0.05), math.sin(-0.05), 0]])
+    env, table = line_env(n=12, refresh="lazy", repair_all=False)
+    assert EnvConfig().refresh == "lazy" and EnvConfig().repair_all  # the library default
+    env.step(["q"], q, [{"d0": 1}])  # version 0: everything is fresh, nothing re-encoded
+    assert table.calls == [list(range(12))]
+    stats = env.refresh()  # version 1: lazy re-encodes nothing after the update
+    assert stats.encoded == 0 and table.calls[-1] == list(range(12))
+    # The new weights: d9 lands right on q, d1 turns away to the far end; the rest keep their place.
+    table.rows[9] = q[0]
+    table.rows[1] = unit([math.cos(1.5), math.sin(1.5), 0])
+    calls = len(table.calls)
+    res = env.step(["q"], q, [{"d9": 1}])
+    # The stale positive is re-encoded first; it then heads the ranking: nothing else decides the reward.
+    assert table.calls[calls:] == [[9]] and res.ranks.tolist() == [1] and res.rewards[0] == pytest.approx(1.0)
+    env, table = line_env(n=12, refresh="lazy", repair_all=True)  # the same step, every top candidate repaired
+    env.refresh()
+    table.rows[9] = q[0]
+    table.rows[1] = unit([math.cos(1.5), math.sin(1.5), 0])
+    calls = len(table.calls)
+    res = env.step(["q"], q, [{"d9": 1}])
+    rounds = table.calls[calls:]
+    # the stale positive first; then the stale rows of the top 5 it now heads (d0..d3); then what the
+    # second search brought up (d4, in the top 5 since d1 left); then nothing stale is read
+    assert rounds == [[9], [0, 1, 2, 3], [4]]
+    assert res.ranks.tolist() == [1] and res.rewards[0] == pytest.approx(1.0)
+    assert res.candidates[0] == [9, 0, 2, 3, 4]
+    assert env.versions[[0, 1, 2, 3, 4, 9]].tolist() == [1] * 6 and (env.versions[[5, 6, 7, 8, 10, 11]] == 0).all()
+    stats = env.refresh()
+    assert stats.encoded == 6 and stats.touched == 5  # every encode of the step is counted at the refresh
+    env.check_consistency()
+
+
+def test_lazy_policy_repairs_the_direct_baselines_reads_too():
+    env, table = line_env(n=12, refresh="lazy", candidates=3, k=3, repair_all=False)
+    env.refresh()
+    calls = len(table.calls)
+    far = unit([[math.cos(1.2), math.sin(1.2), 0]])  # the direct embedding reads the other end of the arc
+    env.step(["q"], unit([[1, 0, 0]]), [{"d0": 1}], direct=far)
+    read = sorted(p for c in table.calls[calls:] for p in c)
+    # d0 (the stale positive) heads the rollout's ranking; the direct embedding's top 3 miss it, so all decide
+    assert read == [0, 9, 10, 11]
+
+
+def test_lazy_repair_stops_after_its_rounds():
+    env, table = line_env(n=12, refresh="lazy", repair_rounds=1, repair_all=True)
+    env.refresh()
+    table.rows[1] = unit([math.cos(1.5), math.sin(1.5), 0])  # d1 leaves the top 5: d5 comes in, stale
+    calls = len(table.calls)
+    res = env.step(["q"], unit([[1, 0, 0]]), [{"d0": 1}])
+    assert table.calls[calls:] == [[0], [1, 2, 3, 4]]  # the stale positive, then one round of repair
+    assert env.versions[5] == 0 and 5 in res.candidates[0]
+    with pytest.raises(ValueError, match="repair_rounds"):
+        EnvConfig(repair_rounds=0)
+
+
+def test_refresh_reports_drift_and_encode_time():
+    env, table = line_env(n=12, refresh="full")
+    table.rows = unit(table.rows + np.array([0, 0, 0.5]))  # every row tilts out of the plane
+    cos = (unit(table.rows) * env.emb).sum(1)
+    stats = env.refresh()
+    assert stats.encoded == 12 and stats.drift == pytest.approx(float((1 - cos).mean()), rel=1e-5)
+    assert stats.drift_age == pytest.approx(1.0) and stats.encode_seconds > 0
+    assert env.refresh().drift == pytest.approx(0, abs=1e-6)  # nothing moved since
+
+
+def test_the_documents_that_decide_a_reward():
+    env, _ = line_env(n=12, refresh="lazy", k=3, candidates=5, repair_all=False)
+    ranking = [5, 3, 7, 1, 0]
+    assert env.deciding(ranking, {7: 1}) == [5, 3]  # above the only relevant document
+    assert env.deciding(ranking, {5: 1}) == []  # it is first: nothing can change its reward but itself
+    assert env.deciding(ranking, {7: 1, 9: 1}) == [5, 3, 7]  # d9 is outside the top 3: any of them may fall below it
+    assert env.deciding(ranking, {1: 1}) == [5, 3, 7]  # past k: the whole top k
+    env.config.repair_all = True
+    assert env.deciding(ranking, {7: 1}) == ranking
+
+
+def test_a_refresh_after_large_drift_re_encodes_everything():
+    q = unit([[1, 0, 0]])
+    encoded = {}
+    for guard in (0.0, 0.1, 0.9):
+        env, table = line_env(n=12, refresh="lazy", full_at_drift=guard)
+        env.refresh()
+        table.rows = unit(table.rows + np.array([0, 0, 1.5]))  # the new weights moved every row (cosine distance ~0.45)
+        env.step(["q"], q, [{"d0": 1}])  # re-encodes what it reads: their move is what the guard sees
+        stats = env.refresh()
+        encoded[guard] = stats.encoded
+        assert stats.drift > 0.2
+        assert (env.versions == 2).all() == (guard == 0.1)
+        env.check_consistency()
+    assert encoded[0.0] == encoded[0.9] < 12 and encoded[0.1] == encoded[0.0] + 12
+    with pytest.raises(ValueError, match="full_at_drift"):
+        EnvConfig(full_at_drift=-1)

@@ -101,7 +101,9 @@ def test_tiny_run_checkpoints_and_resumes_exactly(tiny_model_dir, beir_dir, tmp_
     res = _train(cli, tmp_path / "a", tiny_model_dir, beir_dir, 2)
     assert "reward curve" in res.out
     rows = [json.loads(r) for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and all(r["encoded"] > 0 for r in rows)
+    # lazy refresh: step 1 reads the initial model's own index (nothing to re-encode), step 2 re-encodes what it reads
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["encoded"] == 0 and rows[1]["encoded"] > 0
+    assert 0 < rows[1]["refresh_share"] < 1 and rows[1]["doc_drift"] > 0 and (tmp_path / "a" / "env.png").is_file()
     assert (tmp_path / "a" / "reward.png").stat().st_size > 0 and (tmp_path / "a" / "final" / "searchr3.json").exists()
     assert json.loads((tmp_path / "a" / "config.json").read_text())["kind"] == "RL"
     assert len(list((tmp_path / "a" / "corpus-embeddings").glob("*.npz"))) == 1  # the initial encode is cached
@@ -153,6 +155,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, beir_
     log = (tmp_path / "r" / "log.jsonl").read_text()
     trainer = GRPOTrainer(tiny_rl_config(tmp_path / "r", tiny_model_dir, beir_dir, steps=3), resume=True)
     assert trainer.step == 1
+    trainer.env.config.refresh = "none"  # no re-encode on read: the damaged rows reach the loss
     trainer.env.emb[:] = np.nan  # damaged corpus vectors: the contrastive term of the next step is NaN
     with pytest.raises(RunError, match="step 2: loss is nan"):
         trainer.train()

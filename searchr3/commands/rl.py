@@ -29,8 +29,8 @@ def rl(
     kl_coef: float = typer.Option(0.04, "--kl-coef", min=0),
     nce_coef: float = typer.Option(0.5, "--nce-coef", min=0, help="Weight of the contrastive term on rollout embeddings."),
     limit_penalty: float = typer.Option(0.5, "--limit-penalty", min=0, help="Reward penalty of a rollout that hits the length limit without the token."),
-    refresh: str = typer.Option("local", "--refresh", help="Index refresh policy: none, local or full."),
-    neighbours: int = typer.Option(2, "--neighbours", min=0, help="Graph neighbours refreshed per touched document."),
+    refresh: str = typer.Option("lazy", "--refresh", help="Index refresh policy: none, local, lazy (re-encode what each step reads) or full."),
+    neighbours: int = typer.Option(2, "--neighbours", min=0, help="Graph neighbours refreshed per touched document (local)."),
     max_age: int = typer.Option(0, "--max-age", min=0, help="Re-encode documents older than this many versions (0 = off)."),
     doc_max_length: int = typer.Option(256, "--doc-max-length", min=16, help="Token limit of corpus documents."),
     corpus_limit: int = typer.Option(0, "--corpus-limit", min=0, help="Use the first N documents plus every judged one (0 = all)."),
@@ -59,7 +59,7 @@ def rl(
         env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age, limit_penalty=limit_penalty),
     )
     model_dir = train_rl(cfg, resume=resume)
-    typer.echo(f"model: {model_dir}\nlog: {out / 'log.jsonl'}\nreward curve: {out / 'reward.png'}")
+    typer.echo(f"model: {model_dir}\nlog: {out / 'log.jsonl'}\nreward curve: {out / 'reward.png'}\nindex refresh: {out / 'env.png'}")
     if eval_data:
         from dataclasses import replace
 
