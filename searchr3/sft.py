@@ -97,6 +97,7 @@ class SFTConfig:
     trace_temperature: float = 0.8  # traces="self": their sampling temperature
     trace_min_tokens: int = 4  # traces="self": sampled analyses write at least this many tokens before the token may end them (keeps exploring; at most reasoning_tokens)
     reasoning_tokens: int = 48  # length limit of the reasoning traces
+    trace_mix_weight: float = 0.0  # > 0: reasoning rows are trained (and self traces chosen) as the mix mode's embedding, this weight on the (detached) direct one; 0: the reasoning embedding alone
     # model and optimisation
     lora_r: int = 16
     lora_alpha: int = 32
@@ -138,6 +139,8 @@ class SFTConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.reasoning_share <= 1.0:
             raise ValueError("reasoning_share must be in [0, 1]")
+        if not 0.0 <= self.trace_mix_weight < 1.0:
+            raise ValueError("trace_mix_weight must be in [0, 1)")
         if self.temperature <= 0 or self.lr <= 0 or self.token_lr <= 0:
             raise ValueError("temperature, lr and token_lr must be > 0")
         if min(self.w_lm, self.w_kl, self.w_nce, self.w_triplet, self.w_emit) < 0:
@@ -386,6 +389,18 @@ def check_processes(cfg: SFTConfig, dist: Dist) -> None:
         raise SFTError("traces='self' trains in one process only (its trace bank is not shared between processes yet)")
 
 
+def mix_reasoning_rows(q_emb: torch.Tensor, owner: list[int], n_direct: int, weight: float) -> torch.Tensor:
+    """Rows ``n_direct:`` (reasoning rows, of examples ``owner[r]``) replaced by the mix mode's embedding,
+    ``weight * direct + (1 - weight) * reasoning`` of the L2-normalised rows (:meth:`SearchR3.encode_query`
+    with ``reasoning="mix"``). The direct part is detached: it keeps its own loss on its own row, and
+    the reasoning path learns what it adds to the direct embedding rather than a copy of it."""
+    if len(q_emb) == n_direct:
+        return q_emb
+    unit = torch.nn.functional.normalize(q_emb.float(), dim=-1)
+    mixed = weight * unit[owner[n_direct:]].detach() + (1.0 - weight) * unit[n_direct:]
+    return torch.cat([q_emb[:n_direct].float(), mixed])
+
+
 class SFTTrainer:
     """The supervised loop over one run folder."""
 
@@ -403,7 +418,7 @@ class SFTTrainer:
 
         self.bank = SelfTraces(
             m, self.run / "bank.jsonl", cfg.trace_samples, cfg.reasoning_tokens, cfg.trace_temperature, cfg.temperature, cfg.seed,
-            min(cfg.trace_min_tokens, cfg.reasoning_tokens),
+            min(cfg.trace_min_tokens, cfg.reasoning_tokens), cfg.trace_mix_weight,
         )
         named = [(n, p) for n, p in m.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
@@ -485,6 +500,8 @@ class SFTTrainer:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             hidden, logits = self._logits_at(m.model, qb, rows, cols)
             q_emb = hidden[torch.arange(len(seqs)), qb["embed_index"]]
+            if cfg.trace_mix_weight > 0:
+                q_emb = mix_reasoning_rows(q_emb, owner, len(exs), cfg.trace_mix_weight)
             ref_logits = None
             if cfg.w_kl > 0:
                 with torch.no_grad():
@@ -598,12 +615,17 @@ class SFTTrainer:
         finally:
             self.m.max_length = old
         qtexts = [d.eval_queries[q] for q in qids]
-        out = {"eval_ndcg@10": compute_metrics(d.eval_qrels, dense_retrieve(self.m.encode_query(qtexts), de, doc_ids, qids, 10))["ndcg@10"]}
+        direct = self.m.encode_query(qtexts)
+        out = {"eval_ndcg@10": compute_metrics(d.eval_qrels, dense_retrieve(direct, de, doc_ids, qids, 10))["ndcg@10"]}
         if self.cfg.reasoning_share > 0:
             ro = self.m.reason(qtexts, max_new_tokens=self.cfg.reasoning_tokens)
             run = dense_retrieve(ro.embeddings.numpy(), de, doc_ids, qids, 10)
             out["eval_ndcg@10_reasoning"] = compute_metrics(d.eval_qrels, run)["ndcg@10"]
             out["eval_emit_rate"] = sum(ro.emitted) / len(ro.emitted)
+            if self.cfg.trace_mix_weight > 0:  # the mix mode at the weight it is trained with
+                w, r = self.cfg.trace_mix_weight, torch.nn.functional.normalize(ro.embeddings.float(), dim=-1).numpy()
+                run = dense_retrieve(w * direct + (1 - w) * r, de, doc_ids, qids, 10)
+                out["eval_ndcg@10_mix"] = compute_metrics(d.eval_qrels, run)["ndcg@10"]
         return out
 
     # ------------------------------------------------------------------ checkpoints

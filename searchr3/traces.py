@@ -137,24 +137,40 @@ class SelfTraces:
     Without it, once the model has learned to emit the token at once (the empty trace wins early,
     while traces are poor), every sample is empty and the bank has nothing left to choose from
     (measured: non-empty candidates per query fell to 0 by step 41 of a 70-step run).
+
+    ``mix_weight`` > 0 scores each candidate as the mix mode's embedding (that weight on the direct
+    embedding, the rest on the one read after the trace), the embedding stage 1 then trains on it
+    (``SFTConfig.trace_mix_weight``); the direct score it must beat is the direct embedding's alone.
     """
 
     def __init__(
-        self, model, path, samples: int, max_new_tokens: int, temperature: float, tau: float, seed: int, min_tokens: int = 0
+        self,
+        model,
+        path,
+        samples: int,
+        max_new_tokens: int,
+        temperature: float,
+        tau: float,
+        seed: int,
+        min_tokens: int = 0,
+        mix_weight: float = 0.0,
     ) -> None:
         if samples < 1:
             raise ValueError("trace samples must be >= 1")
         if not 0 <= min_tokens <= max_new_tokens:
             raise ValueError(f"trace min tokens must be in [0, {max_new_tokens}], got {min_tokens}")
         self.m, self.path, self.samples, self.max_new_tokens, self.min_tokens = model, path, samples, max_new_tokens, min_tokens
-        self.temperature, self.tau, self.seed = temperature, tau, seed
+        self.temperature, self.tau, self.seed, self.mix_weight = temperature, tau, seed, mix_weight
 
-    def _scores(self, seqs: list[list[int]], docs, positive) -> list[float]:
+    def _scores(self, seqs: list[list[int]], docs, positive, direct=None) -> tuple[list[float], object]:
+        """(log-softmax score of each sequence's positive, its normalised embeddings); with ``direct``
+        (normalised rows, one per sequence) the mix ``mix_weight * direct + rest * own`` is scored."""
         import torch
 
-        e = self.m._encode_ids(seqs, len(seqs), False, "score traces")  # the model's own batched no-grad encoder
-        logits = torch.nn.functional.normalize(e, dim=-1) @ docs.to(e.device).T / self.tau
-        return torch.log_softmax(logits, -1)[torch.arange(len(seqs)), positive].tolist()
+        e = torch.nn.functional.normalize(self.m._encode_ids(seqs, len(seqs), False, "score traces"), dim=-1)  # batched, no grad
+        q = e if direct is None else self.mix_weight * direct + (1.0 - self.mix_weight) * e
+        logits = torch.nn.functional.normalize(q, dim=-1) @ docs.to(e.device).T / self.tau
+        return torch.log_softmax(logits, -1)[torch.arange(len(seqs)), positive].tolist(), e
 
     def choose(self, step: int, micro: int, queries: Sequence[str], docs, positive: Sequence[int]) -> list[list[int]]:
         """Completion ids (ending with the embedding token) for each query; ``docs`` are the step's
@@ -186,9 +202,10 @@ class SelfTraces:
                         mine.append(body)
                 cands.append(mine)
             flat = [(i, c) for i, mine in enumerate(cands) for c in mine]
-            direct = self._scores(m.prompt_ids(list(queries), "query"), docs, positive)
+            direct, d_emb = self._scores(m.prompt_ids(list(queries), "query"), docs, positive)
+            mixed = d_emb[[i for i, _ in flat]] if self.mix_weight > 0 and flat else None
             scores = (
-                self._scores([heads[i] + c + [m.embed_token_id] for i, c in flat], docs, [positive[i] for i, _ in flat])
+                self._scores([heads[i] + c + [m.embed_token_id] for i, c in flat], docs, [positive[i] for i, _ in flat], mixed)[0]
                 if flat
                 else []
             )

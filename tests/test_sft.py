@@ -314,3 +314,35 @@ def test_self_traces_bank_is_written_follows_the_rule_and_resumes(tmp_path, mode
     train_sft(replace(cfg2, max_steps=3), resume=True)
     again = [json.loads(x) for x in (tmp_path / "run2" / "bank.jsonl").read_text().splitlines()]
     assert again == rows
+
+
+def test_mix_rows_train_the_mix_modes_embedding_with_the_direct_part_detached():
+    from searchr3.sft import mix_reasoning_rows
+
+    q = torch.randn(5, 8, requires_grad=True)  # rows 0-2 direct, rows 3-4 reasoning of examples 2 and 0
+    out = mix_reasoning_rows(q, [0, 1, 2, 2, 0], 3, 0.6)
+    unit = torch.nn.functional.normalize(q.detach(), dim=-1)
+    torch.testing.assert_close(out[:3], q.detach()[:3])
+    torch.testing.assert_close(out[3], 0.6 * unit[2] + 0.4 * unit[3])
+    torch.testing.assert_close(out[4], 0.6 * unit[0] + 0.4 * unit[4])
+    out[3:].sum().backward()  # the reasoning rows' loss reaches only the reasoning rows
+    assert q.grad[:3].abs().sum() == 0 and q.grad[3:].abs().sum() > 0
+    direct_only = q.detach()[:3]
+    assert mix_reasoning_rows(direct_only, [0, 1, 2], 3, 0.6) is direct_only  # no reasoning rows: unchanged
+    with pytest.raises(ValueError, match="trace_mix_weight"):
+        SFTConfig(trace_mix_weight=1.0)
+
+
+def test_self_traces_score_the_mix_when_asked(tiny, tmp_path):
+    from searchr3.traces import SelfTraces
+
+    seqs = tiny.prompt_ids(["cats on mats", "the capital of france"], "query")
+    docs = torch.nn.functional.normalize(torch.randn(4, tiny.hidden_size), dim=-1)
+    alone = SelfTraces(tiny, tmp_path / "b.jsonl", 2, 4, 1.0, 0.05, 0)
+    scores, e = alone._scores(seqs, docs, [1, 3])
+    direct = torch.nn.functional.normalize(torch.randn(2, tiny.hidden_size), dim=-1)
+    mixed, _ = SelfTraces(tiny, tmp_path / "b.jsonl", 2, 4, 1.0, 0.05, 0, mix_weight=0.6)._scores(seqs, docs, [1, 3], direct)
+    q = torch.nn.functional.normalize(0.6 * direct + 0.4 * e, dim=-1)
+    expected = torch.log_softmax(q @ docs.T / 0.05, -1)[[0, 1], [1, 3]]
+    np.testing.assert_allclose(mixed, expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(mixed, scores)
