@@ -179,8 +179,9 @@ def main() -> None:
     result["target"]["met"] = any(p["encoding_saving_vs_full"] >= 10 and p["mean_abs_reward_error"] <= 0.01
                                   and p["refresh_share_of_step"] <= 0.25 for name, p in policies.items() if name != "full")
     atomic_write_json(Path(args.out) / f"{args.name}.json", result)
-    keys = ["reward", "emitted", "step_seconds", *[f"encoded_{p}" for p in envs], *[f"refresh_share_{p}" for p in envs],
-            *[f"reward_error_{p}" for p in envs], *[f"rank_error_{p}" for p in envs], "drift_from_initial"]
+    partial = [p for p in envs if p != "none"]
+    keys = ["reward", "step_seconds", *[f"encoded_{p}" for p in partial], *[f"refresh_share_{p}" for p in partial],
+            *[f"reward_error_{p}" for p in envs], "drift_from_initial"]
     plot_curves(log, Path(args.out) / f"{args.name}.png", keys)
     print(json.dumps({k: v for k, v in result.items() if k != "setup"}, indent=2))
 
