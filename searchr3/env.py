@@ -129,6 +129,16 @@ class RefreshStats:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Reencoded:
+    """What re-encoding did since the last refresh (the steps' re-encodes and the refresh's own)."""
+
+    rows: int = 0
+    distance: float = 0.0  # summed cosine distance of the new rows from the rows they replaced
+    age: float = 0.0  # summed number of versions those replaced rows were old
+    seconds: float = 0.0
+
+
 def dcg_reward(ranked: Sequence[int], positives: Mapping[int, int], k: int) -> tuple[float, int]:
     """(nDCG@k with linear gains, 1-based rank of the best relevant document or 0) for one ranking."""
     gains = sorted((g for g in positives.values() if g > 0), reverse=True)
@@ -173,9 +183,7 @@ class RetrievalEnv:
                                      seed=self.config.seed, num_threads=1)
         self.index.set_ef(max(self.config.ef, self.config.candidates + self.config.neighbours + 1))
         self._touched: set[int] = set()
-        self._step_encoded = 0  # documents encoded by steps (fresh positives, lazy repairs) since the last refresh
-        self._moved = [0.0, 0.0, 0.0]  # since the last refresh: summed cosine distance, summed age, encode seconds
-        self._since = 0  # total_encoded at the last refresh
+        self._since_refresh = _Reencoded()
         self.total_encoded = 0
 
     @property
@@ -248,9 +256,8 @@ class RetrievalEnv:
             raise ValueError(f"emitted, hit_limit and direct must have {n} entries")
         cfg = self.config
         pos_maps = self._positions(queries, positives)
-        stale_positives = sorted({p for pos in pos_maps for p in pos if self.versions[p] < self.version})
         if cfg.refresh == "lazy" or (cfg.refresh == "local" and cfg.fresh_positives):
-            self._step_update(stale_positives)
+            self.update(sorted({p for pos in pos_maps for p in pos if self.versions[p] < self.version}))
         if cfg.refresh == "lazy":
             read = query_embeddings if direct is None else np.concatenate([query_embeddings, direct])
             self._repair(read, pos_maps if direct is None else pos_maps + pos_maps)
@@ -262,10 +269,6 @@ class RetrievalEnv:
         penalty = np.where(emitted, 0.0, np.where(hit_limit, cfg.limit_penalty, cfg.format_penalty)).astype(np.float32)
         rewards = ndcg - base - penalty
         return StepResult(rewards, ranks, [r.tolist() for r in ranked], pos_maps, emitted, ndcg, None if direct is None else base)
-
-    def _step_update(self, positions: list[int]) -> None:
-        self.update(positions)
-        self._step_encoded += len(positions)
 
     def deciding(self, ranked: Sequence[int], positives: Mapping[int, int]) -> list[int]:
         """The documents of one ranking that decide its reward (``lazy``, module doc): those above the
@@ -286,7 +289,7 @@ class RetrievalEnv:
             stale = sorted(d for d in read if self.versions[d] < self.version)
             if not stale:
                 return
-            self._step_update(stale)
+            self.update(stale)
 
     # ------------------------------------------------------------------ refresh
     def refresh_set(self) -> tuple[list[int], int]:
@@ -295,8 +298,8 @@ class RetrievalEnv:
         touched = sorted(self._touched)
         if cfg.refresh == "none":
             return [], len(touched)
-        encoded = self.total_encoded - self._since
-        moved = self._moved[0] / encoded if encoded else 0.0
+        done = self._since_refresh
+        moved = done.distance / done.rows if done.rows else 0.0
         if cfg.refresh == "full" or (cfg.full_at_drift and moved > cfg.full_at_drift):
             return list(range(self.size)), len(touched)
         chosen = set(touched) if cfg.refresh == "local" else set()
@@ -320,15 +323,12 @@ class RetrievalEnv:
         self.version += 1
         chosen, touched = self.refresh_set()
         self.update(chosen)
-        encoded = len(chosen) + self._step_encoded
-        moved, ages, enc_seconds = self._moved
+        done, self._since_refresh = self._since_refresh, _Reencoded()
         self._touched.clear()
-        self._step_encoded = 0
-        self._moved = [0.0, 0.0, 0.0]
-        self._since = self.total_encoded
         age = self.version - self.versions
-        return RefreshStats(self.version, encoded, encoded / self.size, touched, float(age.mean()), int(age.max()),
-                            time.perf_counter() - start, enc_seconds, moved / max(1, encoded), ages / max(1, encoded))
+        per_row = max(1, done.rows)
+        return RefreshStats(self.version, done.rows, done.rows / self.size, touched, float(age.mean()), int(age.max()),
+                            time.perf_counter() - start, done.seconds, done.distance / per_row, done.age / per_row)
 
     def update(self, positions: Sequence[int], embeddings: np.ndarray | None = None) -> None:
         """Write new vectors (encoded now unless given) for ``positions`` into the graph and the mirror."""
@@ -339,14 +339,16 @@ class RetrievalEnv:
             raise ValueError(f"positions must be in [0, {self.size})")
         start = time.perf_counter()
         vecs = self._encode(positions) if embeddings is None else np.asarray(embeddings, np.float32)
-        if embeddings is None:  # a re-encode: record how far the rows moved and what it cost
-            self._moved[0] += float((1.0 - (self.emb[positions] * vecs).sum(1)).sum())
-            self._moved[1] += float((self.version - self.versions[positions]).sum())
+        done = self._since_refresh
+        if embeddings is None:  # a re-encode: record how far the rows moved
+            done.rows += len(positions)
+            done.distance += float((1.0 - (self.emb[positions] * vecs).sum(1)).sum())
+            done.age += float((self.version - self.versions[positions]).sum())
+            self.total_encoded += len(positions)
         self.index.add(vecs, positions, num_threads=1)
         self.emb[positions] = vecs
         self.versions[positions] = self.version
-        self.total_encoded += len(positions) if embeddings is None else 0
-        self._moved[2] += time.perf_counter() - start
+        done.seconds += time.perf_counter() - start
 
     def check_consistency(self, atol: float = 1e-6) -> None:
         """Raise if the graph's labels or vectors differ from the mirror (every position, exactly once)."""
@@ -396,7 +398,7 @@ class RetrievalEnv:
         with np.load(path) as z:
             env = cls([str(d) for d in z["doc_ids"]], encode, config, embeddings=z["emb"], versions=z["versions"],
                       version=int(z["version"]))
-            env.total_encoded = env._since = int(z["total_encoded"])
+            env.total_encoded = int(z["total_encoded"])
         return env
 
 

@@ -56,6 +56,13 @@ def query_mode(reasoning: bool | str) -> str:
     raise ValueError(f"reasoning must be True, False or one of {QUERY_MODES}, got {reasoning!r}")
 
 
+def mix_embeddings(direct: torch.Tensor, reasoned: torch.Tensor, weight: float) -> torch.Tensor:
+    """The ``"mix"`` query mode's embedding: ``weight * direct + (1 - weight) * reasoned``, each row
+    L2-normalised first (used at query time, by stage 1's trained mix and by its trace bank)."""
+    unit = torch.nn.functional.normalize
+    return weight * unit(direct, dim=-1) + (1.0 - weight) * unit(reasoned, dim=-1)
+
+
 def _as_list(texts: str | Sequence[str]) -> tuple[list[str], bool]:
     if isinstance(texts, str):
         return [texts], True
@@ -402,9 +409,8 @@ class SearchR3:
         reasoned = ro.embeddings.view(len(items), samples, -1).mean(1)
         if mode == "on":
             return reasoned, stats
-        direct = torch.nn.functional.normalize(self._encode_ids(self.prompt_ids(items, "query"), batch_size, False, "encode queries"), dim=-1)
-        reasoned = torch.nn.functional.normalize(reasoned, dim=-1)
-        return mix_weight * direct + (1.0 - mix_weight) * reasoned, stats
+        direct = self._encode_ids(self.prompt_ids(items, "query"), batch_size, False, "encode queries")
+        return mix_embeddings(direct, reasoned, mix_weight), stats
 
     def encode_document(self, texts: str | Sequence[str], **kwargs: Any):
         """Embed documents (always direct: one forward pass)."""

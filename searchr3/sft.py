@@ -40,6 +40,7 @@ from .data.mix import false_negative_mask
 from .data.sources import Example
 from .distributed import Dist
 from .losses import kl_to_reference, lm_loss, matryoshka_info_nce, triplet_margin
+from .model import mix_embeddings
 from .io import atomic_write_text
 from .runs import RunError, RunFolder, dataclass_defaults, read_rows
 
@@ -396,9 +397,8 @@ def mix_reasoning_rows(q_emb: torch.Tensor, owner: list[int], n_direct: int, wei
     the reasoning path learns what it adds to the direct embedding rather than a copy of it."""
     if len(q_emb) == n_direct:
         return q_emb
-    unit = torch.nn.functional.normalize(q_emb.float(), dim=-1)
-    mixed = weight * unit[owner[n_direct:]].detach() + (1.0 - weight) * unit[n_direct:]
-    return torch.cat([q_emb[:n_direct].float(), mixed])
+    q = q_emb.float()
+    return torch.cat([q[:n_direct], mix_embeddings(q[owner[n_direct:]].detach(), q[n_direct:], weight)])
 
 
 class SFTTrainer:
@@ -623,8 +623,8 @@ class SFTTrainer:
             out["eval_ndcg@10_reasoning"] = compute_metrics(d.eval_qrels, run)["ndcg@10"]
             out["eval_emit_rate"] = sum(ro.emitted) / len(ro.emitted)
             if self.cfg.trace_mix_weight > 0:  # the mix mode at the weight it is trained with
-                w, r = self.cfg.trace_mix_weight, torch.nn.functional.normalize(ro.embeddings.float(), dim=-1).numpy()
-                run = dense_retrieve(w * direct + (1 - w) * r, de, doc_ids, qids, 10)
+                mixed = mix_embeddings(torch.from_numpy(direct), ro.embeddings.float(), self.cfg.trace_mix_weight).numpy()
+                run = dense_retrieve(mixed, de, doc_ids, qids, 10)
                 out["eval_ndcg@10_mix"] = compute_metrics(d.eval_qrels, run)["ndcg@10"]
         return out
 

@@ -167,8 +167,10 @@ class SelfTraces:
         (normalised rows, one per sequence) the mix ``mix_weight * direct + rest * own`` is scored."""
         import torch
 
+        from .model import mix_embeddings
+
         e = torch.nn.functional.normalize(self.m._encode_ids(seqs, len(seqs), False, "score traces"), dim=-1)  # batched, no grad
-        q = e if direct is None else self.mix_weight * direct + (1.0 - self.mix_weight) * e
+        q = e if direct is None else mix_embeddings(direct, e, self.mix_weight)
         logits = torch.nn.functional.normalize(q, dim=-1) @ docs.to(e.device).T / self.tau
         return torch.log_softmax(logits, -1)[torch.arange(len(seqs)), positive].tolist(), e
 
