@@ -1,6 +1,6 @@
 """Refresh policies of the RL environment compared over one long, real GRPO run.
 
-The run trains with one policy (``--train-policy``, default ``lazy-deciding``). Shadow
+The run trains with one policy (``--train-policy``, default ``lazy-all``, the library default). Shadow
 environments with the other policies start from the same initial index, see exactly the same
 rollouts and direct embeddings, and re-encode what their policy asks for with the run's current
 weights, each timing its own encoding: so today's behaviour (``local``) and the new default are
@@ -36,8 +36,10 @@ HERE = Path(__file__).resolve().parent
 POLICIES = {
     "none": dict(refresh="none"),
     "local": dict(refresh="local", neighbours=2),  # the default before lazy
-    "lazy-deciding": dict(refresh="lazy", repair_all=False),  # re-encode what decides each reward
-    "lazy-all": dict(refresh="lazy", repair_all=True),  # ... and every top candidate (fresh negatives): the default
+    "lazy-deciding": dict(refresh="lazy", repair_all=False, repair_margin=0.0),  # re-encode what decides each reward
+    "lazy-all": dict(refresh="lazy", repair_all=True, repair_margin=0.0),  # ... and every top candidate (fresh negatives): the default
+    # what decides the reward and the stale rows below it that their drift could lift in (EnvConfig.repair_margin)
+    "lazy-deciding-margin": dict(refresh="lazy", repair_all=False, repair_margin=1.0),
 }
 
 
@@ -72,7 +74,9 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--train-policy", default="lazy-deciding", choices=sorted(POLICIES))
+    ap.add_argument("--lr-schedule", default="linear", choices=["linear", "constant"])
+    ap.add_argument("--nce-coef", type=float, default=0.5)
+    ap.add_argument("--train-policy", default="lazy-all", choices=sorted(POLICIES))
     ap.add_argument("--truth-at", default="1,10,25,50", help="steps at which the whole corpus is re-encoded as the truth")
     ap.add_argument("--work", default="/tmp/searchr3-bench-refresh", help="scratch run folder")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -82,7 +86,7 @@ def main() -> None:
 
     env_cfg = EnvConfig(**POLICIES[args.train_policy])
     cfg = GRPOConfig(out=args.work, init=args.init, data=args.data, steps=args.steps, queries_per_step=args.queries,
-                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9,
+                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, lr_schedule=args.lr_schedule, nce_coef=args.nce_coef, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9,
                      env=env_cfg, show_progress_bar=False)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a scratch run folder: a run folder is never reused without --resume
@@ -163,7 +167,7 @@ def main() -> None:
     result = {
         "setup": {"data": args.data, "corpus_docs": n, "training_queries": len(trainer.queries), "doc_max_length": cfg.doc_max_length,
                   "steps": args.steps, "queries_per_step": args.queries, "group": args.group, "max_new_tokens": args.max_new_tokens,
-                  "lr": args.lr, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
+                  "lr": args.lr, "lr_schedule": args.lr_schedule, "nce_coef": args.nce_coef, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
                   "env": asdict(env_cfg), "policies": POLICIES, "truth_at": sorted(truth_at), "seconds": seconds,
                   "init_seconds": init_seconds},
         "policies": policies,
@@ -180,8 +184,8 @@ def main() -> None:
                                   and p["refresh_share_of_step"] <= 0.25 for name, p in policies.items() if name != "full")
     atomic_write_json(Path(args.out) / f"{args.name}.json", result)
     partial = [p for p in envs if p != "none"]
-    keys = ["reward", "step_seconds", *[f"encoded_{p}" for p in partial], *[f"refresh_share_{p}" for p in partial],
-            *[f"reward_error_{p}" for p in envs], "drift_from_initial"]
+    keys = ["reward", "step_seconds", [f"encoded_{p}" for p in partial], [f"refresh_share_{p}" for p in partial],
+            [f"reward_error_{p}" for p in envs], "drift_from_initial"]
     plot_curves(log, Path(args.out) / f"{args.name}.png", keys)
     print(json.dumps({k: v for k, v in result.items() if k != "setup"}, indent=2))
 

@@ -36,6 +36,11 @@
   fresh vector would pass a relevant one while its stale one does not. Its work per step is the
   distinct documents the step reads, with no graph neighbours and no re-encoding of what later steps
   never read (measured in ``benchmarks/bench_refresh.py``).
+* ``repair_margin`` (``lazy``, off by default) covers that case: a stale row's score can move by at most
+  the chord between its stale and fresh unit vectors, estimated by :meth:`RetrievalEnv.reach` from the
+  latest re-encoded rows of the same age; each round also re-encodes the stale rows among the top
+  ``repair_depth`` whose score is within ``repair_margin`` times that reach of the threshold that
+  decides the ranking (:meth:`RetrievalEnv.within_reach`).
 * A partly refreshed index mixes two spaces: rows of the current weights and rows of older ones. While
   the weights move little that is harmless; when they move far, a freshly re-encoded relevant document
   beats every stale row whatever the query says, so the reward reads high while the truth is low, and
@@ -53,6 +58,7 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +91,8 @@ class EnvConfig:
     repair_rounds: int = 3  # lazy: re-encode-and-search rounds per step until what decides the rewards is fresh
     repair_all: bool = True  # lazy: re-encode every stale top candidate (fresh negatives too), not only those that decide the reward
     full_at_drift: float = 0.0  # local/lazy: re-encode the whole corpus at a refresh where the rows re-encoded since the last one moved more than this (mean cosine distance; 0 = never)
+    repair_margin: float = 0.0  # lazy: also re-encode stale rows below the top whose drift could lift them into it (multiplier of the reach; 0 = off)
+    repair_depth: int = 50  # lazy: how deep the margin looks (documents per query)
 
     def __post_init__(self) -> None:
         if self.refresh not in POLICIES:
@@ -93,8 +101,10 @@ class EnvConfig:
             raise ValueError(f"need 1 <= k <= candidates, got k={self.k}, candidates={self.candidates}")
         if self.neighbours < 0 or self.max_age < 0 or not 0.0 <= self.sweep_share <= 1.0 or self.repair_rounds < 1:
             raise ValueError("neighbours and max_age must be >= 0, repair_rounds >= 1 and sweep_share in [0, 1]")
-        if self.full_at_drift < 0:
-            raise ValueError("full_at_drift must be >= 0")
+        if self.full_at_drift < 0 or self.repair_margin < 0:
+            raise ValueError("full_at_drift and repair_margin must be >= 0")
+        if self.repair_depth < self.candidates:
+            raise ValueError(f"repair_depth must be >= candidates ({self.candidates}), got {self.repair_depth}")
         if self.format_penalty < 0 or self.limit_penalty < 0:
             raise ValueError("format_penalty and limit_penalty must be >= 0")
 
@@ -184,6 +194,7 @@ class RetrievalEnv:
         self.index.set_ef(max(self.config.ef, self.config.candidates + self.config.neighbours + 1))
         self._touched: set[int] = set()
         self._since_refresh = _Reencoded()
+        self._moves: deque[tuple[int, float]] = deque(maxlen=1024)  # (age, chord) of the latest re-encoded rows (reach)
         self.total_encoded = 0
 
     @property
@@ -280,12 +291,59 @@ class RetrievalEnv:
         hits = [r for r, d in enumerate(top) if d in positives]
         return top[: max(hits)] if len(hits) == len(positives) else top
 
+    def reach(self, ages: np.ndarray) -> np.ndarray:
+        """How far the scores of stale rows of the given ages may move once re-encoded: the 90th percentile
+        of the chord ``|new - old|`` among the latest re-encoded rows at least as old (the chord grows with
+        age; bf16 batch noise alone gives ~0.01); for an age past every observed one, the oldest rows'
+        chord scaled by the age ratio. 0 before any re-encode; fresh rows (age 0) 0."""
+        ages = np.asarray(ages)
+        out = np.zeros(ages.shape, np.float64)
+        if not self._moves:
+            return out
+        seen = np.array(self._moves, np.float64)  # [n, 2]: age, chord
+        order = np.argsort(seen[:, 0], kind="stable")
+        seen = seen[order]
+        for a in np.unique(ages[ages > 0]):
+            older = seen[seen[:, 0] >= a]
+            if len(older):
+                value = np.quantile(older[:, 1], 0.9)
+            else:
+                oldest = seen[seen[:, 0] == seen[-1, 0]]
+                value = np.quantile(oldest[:, 1], 0.9) * a / seen[-1, 0]
+            out[ages == a] = value
+        return out
+
+    def within_reach(self, query_embeddings: np.ndarray, ranked: np.ndarray, pos_maps: list[dict[int, int]]) -> set[int]:
+        """``lazy`` with ``repair_margin``: stale rows below a ranking's deciding part that their drift could
+        lift into it. For unit rows a query's score of a document moves by at most the chord between its
+        stale and fresh rows, estimated as ``repair_margin * reach(age)``; a row within that of the
+        threshold (the last candidate's score with ``repair_all``, else the lowest relevant document's when
+        all are in the top ``k``, else the ``k``-th) may pass it once fresh."""
+        cfg = self.config
+        if cfg.repair_margin <= 0 or not self._moves or not len(query_embeddings):
+            return set()
+        q = np.asarray(query_embeddings, np.float32)
+        deep = self.search(q, min(cfg.repair_depth, self.size))
+        scores = np.einsum("qd,qnd->qn", q, self.emb[deep])
+        reach = np.minimum(2.0, cfg.repair_margin * self.reach(self.version - self.versions[deep]))
+        out: set[int] = set()
+        for i, (row, pos) in enumerate(zip(ranked.tolist(), pos_maps)):
+            if cfg.repair_all:
+                last = row[-1]
+            else:
+                hits = [d for d in row[: cfg.k] if d in pos]
+                last = hits[-1] if len(hits) == len(pos) else row[cfg.k - 1]
+            threshold = float(q[i] @ self.emb[last])
+            out.update(deep[i][(reach[i] > 0) & (scores[i] + reach[i] >= threshold)].tolist())
+        return out
+
     def _repair(self, query_embeddings: np.ndarray, pos_maps: list[dict[int, int]]) -> None:
         """``lazy``: re-encode the stale rows that decide the rewards of ``query_embeddings`` and search
         again, until none is stale or ``repair_rounds`` rounds are done."""
         for _ in range(self.config.repair_rounds):
             ranked = self.search(query_embeddings, self.config.candidates)
             read = {d for row, pos in zip(ranked.tolist(), pos_maps) for d in self.deciding(row, pos)}
+            read.update(self.within_reach(query_embeddings, ranked, pos_maps))
             stale = sorted(d for d in read if self.versions[d] < self.version)
             if not stale:
                 return
@@ -341,9 +399,13 @@ class RetrievalEnv:
         vecs = self._encode(positions) if embeddings is None else np.asarray(embeddings, np.float32)
         done = self._since_refresh
         if embeddings is None:  # a re-encode: record how far the rows moved
+            distance = 1.0 - (self.emb[positions] * vecs).sum(1)
+            age = self.version - self.versions[positions]
             done.rows += len(positions)
-            done.distance += float((1.0 - (self.emb[positions] * vecs).sum(1)).sum())
-            done.age += float((self.version - self.versions[positions]).sum())
+            done.distance += float(distance.sum())
+            done.age += float(age.sum())
+            moved = age > 0
+            self._moves.extend(zip(age[moved].tolist(), np.sqrt(2 * np.maximum(distance[moved], 0)).tolist()))
             self.total_encoded += len(positions)
         self.index.add(vecs, positions, num_threads=1)
         self.emb[positions] = vecs

@@ -59,6 +59,7 @@ class GRPOConfig:
     reward: str = "gain"  # "gain": nDCG minus the policy's direct embedding's, advantages against 0; "ndcg": nDCG, against the group mean
     # the update: a LoRA adapter on the initial model (which stays the KL reference), AdamW
     lr: float = 5e-5
+    lr_schedule: str = "linear"  # linear: from lr down to lr/steps at the last step (the index moves less late in the run); constant
     lora_r: int = 8
     lora_alpha: int = 16
     max_grad_norm: float = 1.0
@@ -88,6 +89,8 @@ class GRPOConfig:
             raise ValueError("group must be >= 2: advantages are relative to the group")
         if self.max_new_tokens < 1 or self.sampling_temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("need max_new_tokens >= 1, sampling_temperature > 0 and 0 < top_p <= 1")
+        if self.lr_schedule not in ("linear", "constant"):
+            raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
         if self.lr <= 0 or self.clip_eps <= 0 or self.kl_coef < 0 or self.nce_coef < 0 or self.nce_temperature <= 0:
             raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
         if self.reward not in ("gain", "ndcg"):
@@ -279,6 +282,12 @@ class GRPOTrainer:
         self.env = RetrievalEnv.load(self.folder.checkpoint / "env.npz", self.env.encode, self.cfg.env)
         self.step = int(state["step"])
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the update after ``step`` completed steps (a pure function of the step, so a
+        resumed run continues the schedule; ``steps`` may be raised on resume, which stretches it)."""
+        cfg = self.cfg
+        return cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * (1 - step / cfg.steps)
+
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, Any]:
         """One step. The step's queries are the same on every rank; each of N ranks samples the groups of
@@ -328,6 +337,9 @@ class GRPOTrainer:
         d.reduce_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.folder.check_finite(self.step + 1, "gradient norm", grad_norm)
+        lr = self.lr_at(self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.step()
         m.model.eval()
         stats = env.refresh()
@@ -340,7 +352,7 @@ class GRPOTrainer:
             "hit_limit": float(np.mean(hit_limit)),
             "mean_rank": float(np.mean([r if r else cfg.env.candidates + 1 for r in res.ranks])),
             "emitted": float(np.mean(emitted)), "completion_tokens": float(np.mean(lengths)),
-            "loss": glob[0], "pg": glob[1], "kl": glob[2], "nce": glob[3], "grad_norm": float(grad_norm),
+            "loss": glob[0], "pg": glob[1], "kl": glob[2], "nce": glob[3], "grad_norm": float(grad_norm), "lr": lr,
             "encoded": stats.encoded, "encoded_share": stats.share, "mean_age": stats.mean_age,
             "doc_drift": stats.drift, "doc_drift_age": stats.drift_age,
             "gen_seconds": t_gen, "refresh_seconds": stats.encode_seconds, "seconds": seconds,

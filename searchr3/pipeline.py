@@ -29,15 +29,17 @@ from .runs import RunFolder, holds_run
 
 log = logging.getLogger(__name__)
 
-# The two presets. ``quick`` finishes in under 15 minutes on 2 idle cores: short training on the mix,
-# a small RL corpus, and evaluation on the first 60 judged queries of each development set and 1,000
-# passages, their relevant ones first (every system sees the same sub-corpus; msmarco-mini keeps 42 of
-# its 43 judged queries). ``full`` trains longer, runs stage 2 with the trainer's defaults
-# (``searchr3 train rl``) and evaluates on the whole corpora.
+# The two presets. ``quick`` aims at 15 minutes on 2 idle cores: short training on the mix, a small RL
+# corpus, and evaluation on the first 40 judged queries of each development set and 500 passages, their
+# relevant ones first (every system sees the same sub-corpus), with searchr3's texts cut at 256 tokens
+# (all-MiniLM-L6-v2 reads 256 word pieces too; BM25 reads everything). Corpus encoding was most of its
+# time: three models x two sets. ``full`` trains longer, runs stage 2 with the trainer's defaults
+# (``searchr3 train rl``) and evaluates on the whole corpora at the model's 512 tokens.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "eval_docs": 1000,
-        "eval_queries": 60,
+        "eval_docs": 500,
+        "eval_queries": 40,
+        "eval_max_length": 256,
         "sft": {"max_steps": 12, "batch_size": 16, "eval_every": 0, "save_every": 4},
         "rl": {"steps": 6, "queries_per_step": 4, "group": 4, "max_new_tokens": 32, "save_every": 2,
                "corpus_limit": 300, "doc_max_length": 128},
@@ -45,6 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "eval_docs": 0,
         "eval_queries": 0,
+        "eval_max_length": 0,
         "sft": {"max_steps": 170, "batch_size": 16, "eval_every": 50, "save_every": 10},
         "rl": {},
     },
@@ -65,6 +68,7 @@ class PipelineConfig:
     batch_size: int = 16
     eval_docs: int | None = None  # evaluate on N corpus documents of each set (None = the preset's, 0 = all)
     eval_queries: int | None = None  # ... and its first N judged queries, relevant documents first (None = the preset's, 0 = all)
+    eval_max_length: int | None = None  # searchr3's token limit per text in the evaluations (None = the preset's, 0 = the model's)
     examples: int = 3  # queries whose reasoning text goes into examples.md
     sft: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's SFT settings
     rl: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's RL settings
@@ -78,6 +82,10 @@ class PipelineConfig:
             self.eval_docs = PRESETS[self.preset]["eval_docs"]
         if self.eval_queries is None:
             self.eval_queries = PRESETS[self.preset]["eval_queries"]
+        if self.eval_max_length is None:
+            self.eval_max_length = PRESETS[self.preset]["eval_max_length"]
+        if self.eval_max_length and self.eval_max_length < 16:
+            raise ValueError(f"eval_max_length must be 0 (the model's) or >= 16, got {self.eval_max_length}")
         if self.eval_queries < 0:
             raise ValueError(f"eval_queries must be >= 0 (0 = every judged query), got {self.eval_queries}")
         if self.eval_docs < 0:
@@ -134,10 +142,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def zero_shot(self, folder: Path) -> dict[str, Any]:
-        from . import SearchR3
         from .baselines import MiniLMEncoder
 
-        base = SearchR3.from_pretrained(self.cfg.model)
+        base = self._load(self.cfg.model)
         rows = self._evaluate(
             [("BM25", "bm25", False), ("all-MiniLM-L6-v2", MiniLMEncoder(), False), ("searchr3 zero-shot", base, False), ("searchr3 zero-shot", base, True)],
             folder,
@@ -161,21 +168,24 @@ class Pipeline:
         return {"model": str(final)}
 
     def final(self, folder: Path, sft_model: str, rl_model: str) -> dict[str, Any]:
-        from . import SearchR3
-
-        sft, rl = SearchR3.from_pretrained(sft_model), SearchR3.from_pretrained(rl_model)
+        sft, rl = self._load(sft_model), self._load(rl_model)
         rows = self._evaluate([(name, m, mode) for name, m in (("searchr3 SFT", sft), ("searchr3 SFT+RL", rl)) for mode in (False, True, "mix")], folder)
         return {"rows": rows, "examples": self._examples({"zero-shot": None, "SFT+RL": rl})}
 
-    def _examples(self, models: dict[str, Any]) -> list[dict[str, Any]]:
+    def _load(self, model: str | None):
+        """A searchr3 model to evaluate, at the evaluation's token limit."""
         from . import SearchR3
+
+        return SearchR3.from_pretrained(model, max_length=self.cfg.eval_max_length or None)
+
+    def _examples(self, models: dict[str, Any]) -> list[dict[str, Any]]:
         from .data.beir import load_beir
 
         ds = load_beir(self.cfg.eval_data[0], "test")
         queries = [ds.queries[q] for q in ds.judged_query_ids()[: self.cfg.examples]]
         out = []
         for name, m in models.items():
-            m = m or SearchR3.from_pretrained(self.cfg.model)
+            m = m or self._load(self.cfg.model)
             start = time.perf_counter()
             r = m.reason(queries)
             secs = (time.perf_counter() - start) / max(1, len(queries))

@@ -17,8 +17,10 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     return read_rows(path)
 
 
-def plot_curves(jsonl_log_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str], *, x: str = "step") -> Path:
-    """Plot each of ``keys`` against ``x`` (one panel per key) from a JSONL log into a PNG, atomically.
+def plot_curves(jsonl_log_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str | Sequence[str]], *,
+                x: str = "step") -> Path:
+    """Plot each of ``keys`` against ``x`` from a JSONL log into a PNG, atomically: one panel per entry,
+    where an entry is a key or a tuple of keys drawn together in one panel (with a legend).
 
     Rows without a key (or with a non-finite value) are skipped for that key, so training-loss rows
     and periodic evaluation rows can share one log. Raises ``ValueError`` if no key has any value.
@@ -31,18 +33,27 @@ def plot_curves(jsonl_log_path: str | os.PathLike, png_path: str | os.PathLike, 
     if not keys:
         raise ValueError("plot_curves needs at least one key")
     rows = read_log(jsonl_log_path)
-    series = {}
-    for key in keys:
-        pts = [(r[x], r[key]) for r in rows if x in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-        if pts:
-            series[key] = pts
-    if not series:
+    panels = []
+    for entry in keys:
+        group = (entry,) if isinstance(entry, str) else tuple(entry)
+        lines = {}
+        for key in group:
+            pts = [(r[x], r[key]) for r in rows if x in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if pts:
+                lines[key] = pts
+        if lines:
+            panels.append(lines)
+    if not panels:
         raise ValueError(f"{jsonl_log_path}: none of {list(keys)} has a value against {x!r}")
-    fig, axes = plt.subplots(len(series), 1, figsize=(6, 2.2 * len(series)), sharex=True, squeeze=False)
-    for ax, (key, pts) in zip(axes[:, 0], series.items()):
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
-        ax.set_ylabel(key)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, lines in zip(axes[:, 0], panels):
+        for key, pts in lines.items():
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+        else:
+            ax.set_ylabel(next(iter(lines)))
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(x)
     fig.tight_layout()

@@ -216,7 +216,7 @@ def test_gain_reward_and_penalties_by_hand():
 
 def test_lazy_policy_re_encodes_exactly_what_the_step_reads():
     q = unit([[math.cos(-0.05), math.sin(-0.05), 0]])
-    env, table = line_env(n=12, refresh="lazy", repair_all=False)
+    env, table = line_env(n=12, refresh="lazy", repair_margin=0, repair_all=False)
     assert EnvConfig().refresh == "lazy" and EnvConfig().repair_all  # the library default
     env.step(["q"], q, [{"d0": 1}])  # version 0: everything is fresh, nothing re-encoded
     assert table.calls == [list(range(12))]
@@ -229,7 +229,7 @@ def test_lazy_policy_re_encodes_exactly_what_the_step_reads():
     res = env.step(["q"], q, [{"d9": 1}])
     # The stale positive is re-encoded first; it then heads the ranking: nothing else decides the reward.
     assert table.calls[calls:] == [[9]] and res.ranks.tolist() == [1] and res.rewards[0] == pytest.approx(1.0)
-    env, table = line_env(n=12, refresh="lazy", repair_all=True)  # the same step, every top candidate repaired
+    env, table = line_env(n=12, refresh="lazy", repair_margin=0, repair_all=True)  # the same step, every top candidate repaired
     env.refresh()
     table.rows[9] = q[0]
     table.rows[1] = unit([math.cos(1.5), math.sin(1.5), 0])
@@ -248,7 +248,7 @@ def test_lazy_policy_re_encodes_exactly_what_the_step_reads():
 
 
 def test_lazy_policy_repairs_the_direct_baselines_reads_too():
-    env, table = line_env(n=12, refresh="lazy", candidates=3, k=3, repair_all=False)
+    env, table = line_env(n=12, refresh="lazy", repair_margin=0, candidates=3, k=3, repair_all=False)
     env.refresh()
     calls = len(table.calls)
     far = unit([[math.cos(1.2), math.sin(1.2), 0]])  # the direct embedding reads the other end of the arc
@@ -259,7 +259,7 @@ def test_lazy_policy_repairs_the_direct_baselines_reads_too():
 
 
 def test_lazy_repair_stops_after_its_rounds():
-    env, table = line_env(n=12, refresh="lazy", repair_rounds=1, repair_all=True)
+    env, table = line_env(n=12, refresh="lazy", repair_margin=0, repair_rounds=1, repair_all=True)
     env.refresh()
     table.rows[1] = unit([math.cos(1.5), math.sin(1.5), 0])  # d1 leaves the top 5: d5 comes in, stale
     calls = len(table.calls)
@@ -281,7 +281,7 @@ def test_refresh_reports_drift_and_encode_time():
 
 
 def test_the_documents_that_decide_a_reward():
-    env, _ = line_env(n=12, refresh="lazy", k=3, candidates=5, repair_all=False)
+    env, _ = line_env(n=12, refresh="lazy", repair_margin=0, k=3, candidates=5, repair_all=False)
     ranking = [5, 3, 7, 1, 0]
     assert env.deciding(ranking, {7: 1}) == [5, 3]  # above the only relevant document
     assert env.deciding(ranking, {5: 1}) == []  # it is first: nothing can change its reward but itself
@@ -295,7 +295,7 @@ def test_a_refresh_after_large_drift_re_encodes_everything():
     q = unit([[1, 0, 0]])
     encoded = {}
     for guard in (0.0, 0.1, 0.9):
-        env, table = line_env(n=12, refresh="lazy", full_at_drift=guard)
+        env, table = line_env(n=12, refresh="lazy", repair_margin=0, full_at_drift=guard)
         env.refresh()
         table.rows = unit(table.rows + np.array([0, 0, 1.5]))  # the new weights moved every row (cosine distance ~0.45)
         env.step(["q"], q, [{"d0": 1}])  # re-encodes what it reads: their move is what the guard sees
@@ -307,3 +307,36 @@ def test_a_refresh_after_large_drift_re_encodes_everything():
     assert encoded[0.0] == encoded[0.9] < 12 and encoded[0.1] == encoded[0.0] + 12
     with pytest.raises(ValueError, match="full_at_drift"):
         EnvConfig(full_at_drift=-1)
+
+
+def test_lazy_margin_re_encodes_stale_rows_their_drift_could_lift_into_the_ranking():
+    """The new weights turn every row by 0.1 rad along the arc (a chord of ~0.1 per version) and bring d2
+    in front of the positive d0. d2's stale row ranks below d0, so only the margin finds it: the stale
+    rows whose score is within their reach (the chord of re-encoded rows as old) of the threshold are re-encoded, and the reward is the
+    truth's; the far end of the arc is never read. Without the margin d2 stays stale and the reward is 1."""
+    q = unit([[1, 0, 0]])
+    angles = np.linspace(0, 1.2, 12) + 0.1
+    angles[2] = 0.05
+    moved = unit(np.stack([np.cos(angles), np.sin(angles), np.zeros(12)], 1))
+    truth = 1 / math.log2(3)  # d2 fresh ranks first, d0 second
+    for margin in (0.0, 1.0):
+        env, table = line_env(n=12, refresh="lazy", repair_all=False, repair_margin=margin)
+        env.refresh()
+        table.rows = moved.copy()
+        calls = len(table.calls)
+        res = env.step(["q"], q, [{"d0": 1}])
+        read = sorted({p for c in table.calls[calls:] for p in c})
+        if margin == 0:
+            assert read == [0] and res.rewards[0] == pytest.approx(1.0)  # d0 fresh heads the stale rows: the miss
+        else:
+            # the 90th percentile of the re-encoded rows' chords: the 0.1 rad turn's and d2's longer move
+            one, two, fresh = env.reach(np.array([1, 2, 0]))
+            assert 2 * math.sin(0.05) - 1e-6 < one < 2 * math.sin((1.2 * 2 / 11 - 0.05) / 2)
+            assert two == pytest.approx(2 * one) and fresh == 0  # past every observed age: scaled by the age ratio
+            assert 2 in read and not {9, 10, 11} & set(read)
+            assert res.rewards[0] == pytest.approx(truth) and res.candidates[0][:2] == [2, 0]
+        env.check_consistency()
+    with pytest.raises(ValueError, match="repair_depth"):
+        EnvConfig(candidates=10, repair_depth=5)
+    with pytest.raises(ValueError, match="repair_margin"):
+        EnvConfig(repair_margin=-1)

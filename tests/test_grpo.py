@@ -103,6 +103,7 @@ def test_tiny_run_checkpoints_and_resumes_exactly(tiny_model_dir, beir_dir, tmp_
     rows = [json.loads(r) for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     # lazy refresh: step 1 reads the initial model's own index (nothing to re-encode), step 2 re-encodes what it reads
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["encoded"] == 0 and rows[1]["encoded"] > 0
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 5e-4])  # the linear schedule: lr, then lr * (1 - 1/2)
     assert 0 < rows[1]["refresh_share"] < 1 and rows[1]["doc_drift"] > 0 and (tmp_path / "a" / "env.png").is_file()
     assert (tmp_path / "a" / "reward.png").stat().st_size > 0 and (tmp_path / "a" / "final" / "searchr3.json").exists()
     assert json.loads((tmp_path / "a" / "config.json").read_text())["kind"] == "RL"
@@ -184,6 +185,8 @@ def test_config_rejects_bad_values():
         GRPOConfig(sampling_temperature=0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         GRPOConfig(steps=0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        GRPOConfig(lr_schedule="cosine")
 
 
 def test_cli_help(cli):
@@ -203,3 +206,16 @@ def test_gain_advantages_push_a_whole_group_down_when_reasoning_loses():
     assert same.tolist() == pytest.approx([0.3 / (torch.tensor([0.3, 0.3, 0.0]).std(unbiased=False).item() + 1e-4)] * 2, rel=1e-5)
     plain = group_advantages(rewards, group=2)
     assert plain[1] > 0 and plain[2] < 0
+
+
+def test_plot_curves_draws_a_tuple_of_keys_in_one_panel(tmp_path):
+    from searchr3.plots import plot_curves
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "a": s, "b": 2 * s, "c": 3 * s}) + "\n" for s in range(1, 5)))
+    heights = {}
+    for name, keys in {"three": ["a", "b", "c"], "two": ["a", ("b", "c", "absent")]}.items():
+        png = plot_curves(log, tmp_path / f"{name}.png", keys).read_bytes()
+        assert png[:4] == b"\x89PNG"
+        heights[name] = int.from_bytes(png[20:24], "big")  # the IHDR height: 2.2 inches at 100 dpi per panel
+    assert heights == {"three": 660, "two": 440}

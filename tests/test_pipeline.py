@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from searchr3.pipeline import PipelineConfig, run_pipeline
+from searchr3.pipeline import Pipeline, PipelineConfig, run_pipeline
 from tests.conftest import write_beir
 
 TOPICS = ["cat mat", "paris france", "protein fold", "search engine", "heart blood", "embedding vector", "rain clouds", "capital city"]
@@ -28,7 +28,7 @@ def data(tmp_path) -> Path:
 
 def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     cfg = PipelineConfig(
-        out=str(tmp_path / "run"), data=str(data), model=str(tiny_model_dir), examples=2,
+        out=str(tmp_path / "run"), data=str(data), model=str(tiny_model_dir), examples=2, eval_max_length=0,  # the tiny prompts are long
         sft=dict(prompts=PROMPTS, cloze=2, wordnet=0, eval_queries=0, batch_size=4, max_steps=2, save_every=1,
                  reasoning_tokens=4, query_tokens=16, doc_tokens=24, bf16=False, show_progress=False),
         rl=dict(steps=1, queries_per_step=2, group=2, max_new_tokens=3, doc_max_length=64, bf16=False, show_progress_bar=False, env={"k": 4, "candidates": 4}),
@@ -82,16 +82,20 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, data, tiny_model_dir):
         Pipeline(PipelineConfig(out=str(tmp_path / "foreign"), data=str(data))).prepare()
 
 
-def test_presets_choose_the_evaluation_corpus(data):
-    assert PipelineConfig(data=str(data)).eval_docs == 1000  # quick: a sub-corpus
+def test_presets_choose_the_evaluation_corpus(data, tiny_model_dir):
+    assert PipelineConfig(data=str(data)).eval_docs == 500  # quick: a sub-corpus
     assert PipelineConfig(data=str(data), preset="full").eval_docs == 0  # full: the whole corpus
     assert PipelineConfig(data=str(data), eval_docs=50).eval_docs == 50
-    assert PipelineConfig(data=str(data)).eval_queries == 60 and PipelineConfig(data=str(data), preset="full").eval_queries == 0
+    assert PipelineConfig(data=str(data)).eval_queries == 40 and PipelineConfig(data=str(data), preset="full").eval_queries == 0
+    assert PipelineConfig(data=str(data)).eval_max_length == 256 and PipelineConfig(data=str(data), preset="full").eval_max_length == 0
+    assert Pipeline(PipelineConfig(data=str(data)))._load(str(tiny_model_dir)).max_length == 256  # the models it evaluates
 
 
 def test_pipeline_config_errors(tmp_path, data):
     with pytest.raises(ValueError, match="unknown preset"):
         PipelineConfig(preset="huge", data=str(data))
+    with pytest.raises(ValueError, match="eval_max_length"):
+        PipelineConfig(data=str(data), eval_max_length=8)
     with pytest.raises(ValueError, match="eval_docs must be >= 0"):
         PipelineConfig(data=str(data), eval_docs=-1)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -29,7 +29,7 @@ def pipeline(
     preset: Annotated[
         Preset,
         typer.Option(
-            help="quick: under 15 min on 2 cores (evaluates on the first 1,000 passages of each set); full: longer training, whole corpora (1-2 h)."
+            help="quick: ~15 min on 2 idle cores (evaluates on 40 queries and 500 passages of each set); full: longer training, whole corpora (1-2 h)."
         ),
     ] = Preset.quick,
     out: Annotated[Path, typer.Option(help="Run folder; an interrupted pipeline resumes from it.")] = Path("runs/pipeline"),

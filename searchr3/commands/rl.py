@@ -9,8 +9,8 @@ import typer
 _G, _E = "searchr3.grpo:GRPOConfig", "searchr3.env:EnvConfig"
 DEFAULTS = {
     **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "reward", "lr",
-                                     "kl_coef", "nce_coef", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
-    **{name: (_E, name) for name in ("refresh", "neighbours", "max_age", "limit_penalty")},
+                                     "lr_schedule", "kl_coef", "nce_coef", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
+    **{name: (_E, name) for name in ("refresh", "neighbours", "max_age", "limit_penalty", "repair_all", "repair_margin", "full_at_drift")},
 }
 CLI_ONLY = {"resume", "eval_data", "eval_docs", "eval_init"}
 
@@ -26,12 +26,16 @@ def rl(
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Reasoning length limit."),
     reward: str = typer.Option("gain", "--reward", help="gain: nDCG minus the direct embedding's (reasoning earns what it adds); ndcg: nDCG alone."),
     lr: float = typer.Option(5e-5, "--lr"),
+    lr_schedule: str = typer.Option("linear", "--lr-schedule", help="linear: decay from --lr to lr/steps at the last step; constant."),
     kl_coef: float = typer.Option(0.04, "--kl-coef", min=0),
     nce_coef: float = typer.Option(0.5, "--nce-coef", min=0, help="Weight of the contrastive term on rollout embeddings."),
     limit_penalty: float = typer.Option(0.5, "--limit-penalty", min=0, help="Reward penalty of a rollout that hits the length limit without the token."),
     refresh: str = typer.Option("lazy", "--refresh", help="Index refresh policy: none, local, lazy (re-encode what each step reads) or full."),
     neighbours: int = typer.Option(2, "--neighbours", min=0, help="Graph neighbours refreshed per touched document (local)."),
     max_age: int = typer.Option(0, "--max-age", min=0, help="Re-encode documents older than this many versions (0 = off)."),
+    repair_all: bool = typer.Option(True, "--repair-all/--repair-deciding", help="lazy: re-encode every stale top candidate, or only those that decide the reward."),
+    repair_margin: float = typer.Option(1.0, "--repair-margin", min=0, help="lazy: also re-encode stale rows their drift could lift into the ranking (multiplier of the drift bound; 0 = off)."),
+    full_at_drift: float = typer.Option(0.0, "--full-at-drift", min=0, help="Re-encode the whole corpus at a refresh whose re-encoded rows moved more than this (mean cosine distance; 0 = never)."),
     doc_max_length: int = typer.Option(256, "--doc-max-length", min=16, help="Token limit of corpus documents."),
     corpus_limit: int = typer.Option(0, "--corpus-limit", min=0, help="Use the first N documents plus every judged one (0 = all)."),
     save_every: int = typer.Option(5, "--save-every", min=1, help="Checkpoint every N steps."),
@@ -54,9 +58,10 @@ def rl(
             raise UsageError(f"data folder {folder} does not exist")
     cfg = build_config(
         GRPOConfig, out=str(out), init=init, data=str(data), split=split, steps=steps, queries_per_step=queries_per_step,
-        group=group, max_new_tokens=max_new_tokens, reward=reward, lr=lr, kl_coef=kl_coef, nce_coef=nce_coef,
+        group=group, max_new_tokens=max_new_tokens, reward=reward, lr=lr, lr_schedule=lr_schedule, kl_coef=kl_coef, nce_coef=nce_coef,
         doc_max_length=doc_max_length, corpus_limit=corpus_limit, save_every=save_every, seed=seed, bf16=bf16,
-        env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age, limit_penalty=limit_penalty),
+        env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age, limit_penalty=limit_penalty,
+                         repair_all=repair_all, repair_margin=repair_margin, full_at_drift=full_at_drift),
     )
     model_dir = train_rl(cfg, resume=resume)
     typer.echo(f"model: {model_dir}\nlog: {out / 'log.jsonl'}\nreward curve: {out / 'reward.png'}\nindex refresh: {out / 'env.png'}")
