@@ -1,13 +1,14 @@
 """Seconds per SFT optimizer step and peak memory (RSS), default model and default batch config.
 
-    python benchmarks/bench_sft_step.py [--steps 3] [--warmup 1] [--lora-layers N] [--label NAME] [--out FILE]
+    python benchmarks/bench_sft_step.py [--steps 3] [--warmup 1] [--lora-layers N] [--grad-cache-chunk N] [--label NAME] [--out FILE]
 
 Every run sees the same batches (the default training mix, the trainer's seeded schedule, the
 default keyword traces), so two runs that differ in one setting (e.g. ``--lora-layers 0``, today's
 all-layer LoRA, against ``--lora-layers 10``) compare that setting alone; run them one after the
 other in one shell command and compare the ratio. Each run is its own process, so ``peak_rss_mb`` is
 that setting's peak. Results are stored under ``--label`` in ``--out`` (other labels are kept).
-The load average is recorded because the machine may be shared.
+The load average is recorded because the machine may be shared; so is the process's CPU time per step,
+which other jobs on the machine disturb less than the wall time.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--lora-layers", type=int, default=None, help="LoRA on the top N layers (0 = all; default: the trainer's).")
+    ap.add_argument("--grad-cache-chunk", type=int, default=None, help="Gradient caching, N sequences per chunk (0 = off; default: the trainer's).")
     ap.add_argument("--label", default="default")
     ap.add_argument("--model", default=None, help="Base model (default: built-in SmolLM2).")
     ap.add_argument("--data", action="append", default=None, help="BEIR training folder, repeatable (default: the training mix).")
@@ -46,6 +48,8 @@ def main() -> None:
     extra = {"data": args.data} if args.data else {}
     if args.lora_layers is not None:
         extra["lora_layers"] = args.lora_layers
+    if args.grad_cache_chunk is not None:
+        extra["grad_cache_chunk"] = args.grad_cache_chunk
     cfg = SFTConfig(
         out=tempfile.mkdtemp(prefix="bench-sft-"), model=args.model, gradient_checkpointing=args.gradient_checkpointing, show_progress=False, eval_queries=0, **extra
     )
@@ -55,19 +59,23 @@ def main() -> None:
     traces = make_traces(m, cfg, data, Path(cfg.out))
     prepare_model(m, cfg)
     trainer = SFTTrainer(cfg, m, data, traces)
-    times = []
+    times, cpu = [], []
     for s in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.train_step()
         if s >= args.warmup:
             times.append(time.perf_counter() - t0)
-        print(f"step {s + 1}: {time.perf_counter() - t0:.1f} s", flush=True)
+            cpu.append(time.process_time() - c0)
+        print(f"step {s + 1}: {time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU)", flush=True)
     result = {
         "label": args.label,
         "lora_layers": cfg.lora_layers,
         "sequences_per_step": {"traces_in_batch": sum(e.query in traces for s in range(n) for e in trainer.batch(s)) / n},
         "seconds_per_step": statistics.mean(times),
         "seconds_per_step_all": times,
+        # CPU seconds of this process (all its threads): less sensitive than wall time to other jobs on the machine.
+        "cpu_seconds_per_step": statistics.mean(cpu),
+        "cpu_seconds_per_step_all": cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "model": cfg.model or "smollm2 (built-in)",
         "batch_size": cfg.batch_size,
@@ -78,6 +86,7 @@ def main() -> None:
         "lora_r": cfg.lora_r,
         "bf16": cfg.bf16,
         "gradient_checkpointing": cfg.gradient_checkpointing,
+        "grad_cache_chunk": cfg.grad_cache_chunk,
         "trainable_params": sum(p.numel() for p in m.model.parameters() if p.requires_grad),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

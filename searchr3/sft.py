@@ -11,6 +11,11 @@ One training example is (query, positive, hard negatives) from :mod:`searchr3.da
    embedding token are left out of the KL, which would otherwise forbid learning to emit it) +
    ``w_nce`` InfoNCE (in-batch + hard negatives) + ``w_triplet`` triplet margin.
 
+With ``grad_cache_chunk = N`` the same gradients come from gradient caching (GradCache): the batch is
+embedded without gradient, the contrastive terms' gradients with respect to the embeddings are
+computed once, and the forward is redone with gradient N sequences at a time
+(:meth:`SFTTrainer.loss_and_backward`), so that only one chunk's activations are ever held.
+
 The loop is a small nanoGPT-style loop rather than a ``transformers.Trainer`` subclass: the batch
 holds three kinds of sequences with different losses and a reference pass, which Trainer's
 ``compute_loss`` would only wrap. It writes a resumable run folder::
@@ -29,6 +34,7 @@ import logging
 import random
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,6 +122,7 @@ class SFTConfig:
     doc_tokens: int = 128  # text tokens kept per document
     bf16: bool = True
     gradient_checkpointing: bool = False
+    grad_cache_chunk: int = 8  # > 0: gradient caching (GradCache), this many sequences per chunk: the step's peak memory is one chunk's activations (2.5 GB instead of 5.7 at the default batch); 0 = off (the whole micro-batch at once, ~12 % faster)
     # losses
     temperature: float = 0.02
     margin: float = 0.1
@@ -135,7 +142,7 @@ class SFTConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "lora_r", "query_tokens", "doc_tokens", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps", "lora_layers", "max_per_source", "trace_min_tokens"):
+        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps", "lora_layers", "max_per_source", "trace_min_tokens", "grad_cache_chunk"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.reasoning_share <= 1.0:
@@ -401,6 +408,34 @@ def mix_reasoning_rows(q_emb: torch.Tensor, owner: list[int], n_direct: int, wei
     return torch.cat([q[:n_direct], mix_embeddings(q[owner[n_direct:]].detach(), q[n_direct:], weight)])
 
 
+class _Replay(torch.nn.Module):
+    """Stands in for a frozen lower decoder layer: returns what the trunk's last layer returned in pass 1."""
+
+    def __init__(self, out) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, *args, **kwargs):
+        return self.out
+
+
+@contextmanager
+def replayed_trunk(layers: torch.nn.ModuleList, n: int, out):
+    """Within the block, decoder layers ``0..n-1`` are not run: each returns ``out``, the output layer
+    ``n - 1`` gave for the same batch before (nothing if ``n`` is 0). Only valid where those layers
+    depend on no trainable weight and ``out`` was computed with the same inputs (see
+    :meth:`SFTTrainer._trunk_layers`): pass 2 of gradient caching then runs only the adapted layers."""
+    saved = [layers[i] for i in range(n)]
+    stub = _Replay(out)
+    try:
+        for i in range(n):
+            layers[i] = stub
+        yield
+    finally:
+        for i, layer in enumerate(saved):
+            layers[i] = layer
+
+
 class SFTTrainer:
     """The supervised loop over one run folder."""
 
@@ -469,15 +504,12 @@ class SFTTrainer:
         logits = lm.get_output_embeddings()(hidden[rows, cols - 1])
         return hidden, logits
 
-    def loss(self, exs: Sequence[Example], step: int = 1, micro: int = 0) -> dict[str, torch.Tensor]:
-        """The losses of one micro-batch of optimizer step ``step`` (1-based)."""
-        cfg, m = self.cfg, self.m
+    def _query_rows(self, exs: Sequence[Example], d_emb: torch.Tensor, step: int, micro: int):
+        """The query-side sequences of a micro-batch: every query through the direct prompt, then the
+        reasoning rows (reasoning prompt + trace). Returns ``(seqs, LM spans, example of each row)``.
+        ``d_emb`` (the documents' embeddings) is read only by traces="self", whose traces are chosen now."""
+        cfg = self.cfg
         queries = [ex.query for ex in exs]
-        docs = [ex.positive for ex in exs] + [n for ex in exs for n in ex.negatives]
-        dev = m.device
-        db = {k: v.to(dev) for k, v in m.collate(self._prompt(docs, "document", cfg.doc_tokens)).items()}
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
         seqs = self._prompt(queries, "query", cfg.query_tokens)
         spans = [(len(s) - self.answer_len, len(s)) for s in seqs]
         owner = list(range(len(exs)))  # example of each query row
@@ -495,13 +527,47 @@ class SFTTrainer:
                 seqs.append(h + t)
                 spans.append((len(h), len(seqs[-1])))
                 owner.append(i)
-        qb = {k: v.to(dev) for k, v in m.collate(seqs).items()}
+        return seqs, spans, owner
+
+    def _lm_targets(self, seqs, spans, n_direct: int):
+        """LM positions ``(rows, cols, targets)`` and each one's LM weight: the few positions that decide
+        emission after reasoning (1 per reasoning row among ~10 others) weigh ``w_emit``."""
+        dev, tok = self.m.device, self.m.embed_token_id
         rows, cols, targets = (t.to(dev) for t in self._lm_positions(seqs, spans))
+        emit = (targets == tok) & (rows >= n_direct)
+        return rows, cols, targets, 1.0 + (self.cfg.w_emit - 1.0) * emit.float()
+
+    def _doc_pairs(self, exs: Sequence[Example]) -> list[tuple[str, str]]:
+        """(id, text) of the micro-batch's documents: all positives in example order, then all negatives."""
+        docs = [ex.positive for ex in exs] + [n for ex in exs for n in ex.negatives]
+        doc_ids = [ex.positive_id for ex in exs] + [n for ex in exs for n in (ex.negative_ids or ("",) * len(ex.negatives))]
+        return list(zip(doc_ids, docs))
+
+    def _contrastive(self, exs, owner, pairs, q_emb: torch.Tensor, d_emb: torch.Tensor, share: float) -> dict[str, torch.Tensor]:
+        """InfoNCE and triplet terms (this rank's share) of the query rows against the global documents."""
+        cfg = self.cfg
+        if cfg.trace_mix_weight > 0:
+            q_emb = mix_reasoning_rows(q_emb, owner, len(exs), cfg.trace_mix_weight)
+        d_emb, pos, exclude = self.global_docs(exs, owner, pairs, d_emb)
+        return {
+            "nce": matryoshka_info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, cfg.matryoshka_dims, exclude=exclude) * share,
+            "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude) * share,
+        }
+
+    def loss(self, exs: Sequence[Example], step: int = 1, micro: int = 0) -> dict[str, torch.Tensor]:
+        """The losses of one micro-batch of optimizer step ``step`` (1-based)."""
+        cfg, m = self.cfg, self.m
+        pairs = self._doc_pairs(exs)
+        dev = m.device
+        db = {k: v.to(dev) for k, v in m.collate(self._prompt([t for _, t in pairs], "document", cfg.doc_tokens)).items()}
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
+        seqs, spans, owner = self._query_rows(exs, d_emb, step, micro)
+        qb = {k: v.to(dev) for k, v in m.collate(seqs).items()}
+        rows, cols, targets, lm_weights = self._lm_targets(seqs, spans, len(exs))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             hidden, logits = self._logits_at(m.model, qb, rows, cols)
             q_emb = hidden[torch.arange(len(seqs)), qb["embed_index"]]
-            if cfg.trace_mix_weight > 0:
-                q_emb = mix_reasoning_rows(q_emb, owner, len(exs), cfg.trace_mix_weight)
             ref_logits = None
             if cfg.w_kl > 0:
                 with torch.no_grad():
@@ -510,20 +576,122 @@ class SFTTrainer:
                     else:
                         with m.model.disable_adapter():
                             ref_logits = self._logits_at(m.model, qb, rows, cols)[1]
-        # The few positions that decide emission after reasoning (1 per reasoning row among ~10 others) weigh w_emit.
-        emit = (targets == m.embed_token_id) & (rows >= len(exs))
-        lm_weights = 1.0 + (cfg.w_emit - 1.0) * emit.float()
         lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id, lm_weights)
-        doc_ids = [ex.positive_id for ex in exs] + [n for ex in exs for n in (ex.negative_ids or ("",) * len(ex.negatives))]
-        d_emb, pos, exclude = self.global_docs(exs, owner, list(zip(doc_ids, docs)), d_emb)
         # This rank's share of each term (1 in one process): the shares of all ranks sum to the global mean.
         share = self.shares(len(seqs), float(lm_weights.sum()), int((targets != m.embed_token_id).sum()))
-        out = {
-            "lm": lm * share[1],
-            "kl": kl * share[2],
-            "nce": matryoshka_info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, cfg.matryoshka_dims, exclude=exclude) * share[0],
-            "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude) * share[0],
-        }
+        out = {"lm": lm * share[1], "kl": kl * share[2], **self._contrastive(exs, owner, pairs, q_emb, d_emb, share[0])}
+        out["loss"] = cfg.w_lm * out["lm"] + cfg.w_kl * out["kl"] + cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
+        return out
+
+    # ------------------------------------------------------------------ gradient caching
+    # Hand-written: GradCache's reference code (luyug/GradCache, installed from git; the PyPI names
+    # "gradcache"/"grad-cache-con-learning" are unmaintained 2022/2024 copies) caches gradients of a loss
+    # of the representations alone. Here the same second forward must also carry the LM and KL terms of
+    # the query rows (and the reference pass), the reasoning rows' mix reads the detached direct rows,
+    # documents may be gathered over ranks, and the frozen lower layers of a top-layer LoRA are not run
+    # twice (:func:`replayed_trunk`); none of that fits its loss_fn(reps) interface.
+    #
+    # Nothing in the forward is random (lora_dropout=0; the supported models have no dropout, and their
+    # attention_dropout is 0), so pass 2 recomputes pass 1 exactly without restoring RNG states; the one
+    # random step, traces="self" sampling, runs once, between the two passes.
+
+    def _trunk_layers(self) -> int:
+        """How many lower decoder layers pass 2 may replay from pass 1 instead of recomputing: those of a
+        top-layer LoRA, which hold no trainable weight and read the detached, pinned input embeddings
+        (so their output is the same with the adapter on and off, and needs no gradient). 0 otherwise."""
+        cfg, m = self.cfg, self.m
+        if cfg.full_finetune or not hasattr(m.model, "disable_adapter") or m.token_input is None:
+            return 0
+        layers = m.decoder_and_head()[0].layers
+        n = len(layers) - cfg.lora_layers if 0 < cfg.lora_layers < len(layers) else 0
+        if any(p.requires_grad for layer in list(layers)[:n] for p in layer.parameters()):
+            return 0
+        return n
+
+    def _encode_chunks(self, seqs: list[list[int]], chunk: int, trunk: int):
+        """Pass 1: the embedding of each sequence, chunk by chunk, without gradient, and the output of
+        the trunk's last layer per chunk (for :func:`replayed_trunk`; None when ``trunk`` is 0)."""
+        m, dev = self.m, self.m.device
+        layers = m.decoder_and_head()[0].layers
+        embs, outs = [], []
+        for s in range(0, len(seqs), chunk):
+            b = {k: v.to(dev) for k, v in m.collate(seqs[s : s + chunk]).items()}
+            seen: list = []
+            hook = layers[trunk - 1].register_forward_hook(lambda mod, args, out: seen.append(out)) if trunk else None
+            try:
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                    embs.append(m.hidden_at(b["input_ids"], b["attention_mask"], b["embed_index"]))
+            finally:
+                if hook is not None:
+                    hook.remove()
+            outs.append(seen[0] if trunk else None)
+        return torch.cat(embs), outs
+
+    def loss_and_backward(self, exs: Sequence[Example], step: int = 1, micro: int = 0) -> dict[str, torch.Tensor]:
+        """:meth:`loss` with gradient caching (GradCache, Gao et al. 2021), *and* its backward pass
+        (through ``acc.backward``, so divided by ``grad_accum`` as there). Returns the same (detached)
+        values as :meth:`loss`; the gradients equal those of ``loss(...)["loss"]`` up to float rounding.
+
+        1. pass 1, no gradient, ``grad_cache_chunk`` sequences at a time: the documents' and query rows'
+           embeddings (the documents' first, which traces="self" reads to choose its traces);
+        2. InfoNCE + triplet on detached leaf copies of them: backward gives d(loss)/d(embedding) (with
+           N ranks, through the gather of the documents, so each rank gets its rows' global gradient);
+        3. pass 2, chunk by chunk with gradient: the backward of ``sum(embedding * cached gradient)``
+           plus the chunk's part of the LM and KL terms, which are sums over positions divided by a
+           batch total (weights, counts) known before pass 2, so the chunks' parts add up to the terms.
+
+        Only one chunk's activations are alive at a time, instead of the whole micro-batch's.
+        """
+        cfg, m, d = self.cfg, self.m, self.dist
+        chunk, dev, tok = cfg.grad_cache_chunk, m.device, m.embed_token_id
+        trunk = self._trunk_layers()
+        layers = m.decoder_and_head()[0].layers
+        pairs = self._doc_pairs(exs)
+        dseqs = self._prompt([t for _, t in pairs], "document", cfg.doc_tokens)
+        d_emb, d_trunk = self._encode_chunks(dseqs, chunk, trunk)
+        seqs, spans, owner = self._query_rows(exs, d_emb, step, micro)
+        q_emb, q_trunk = self._encode_chunks(seqs, chunk, trunk)
+        rows, cols, targets, lm_weights = self._lm_targets(seqs, spans, len(exs))
+        lm_total, kl_kept = float(lm_weights.sum()), targets != tok
+        share = self.shares(len(seqs), lm_total, int(kl_kept.sum()))
+
+        d_leaf, q_leaf = d_emb.detach().float().requires_grad_(), q_emb.detach().float().requires_grad_()
+        out = self._contrastive(exs, owner, pairs, q_leaf, d_leaf, share[0])
+        contrastive = cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
+        d_grad, q_grad = torch.autograd.grad(contrastive, [d_leaf, q_leaf])
+
+        for c, s in enumerate(range(0, len(dseqs), chunk)):
+            b = {k: v.to(dev) for k, v in m.collate(dseqs[s : s + chunk]).items()}
+            with replayed_trunk(layers, trunk, d_trunk[c]), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                e = m.hidden_at(b["input_ids"], b["attention_mask"], b["embed_index"])
+            d.acc.backward((e.float() * d_grad[s : s + chunk]).sum())
+        lm_sum = kl_sum = torch.zeros((), dtype=torch.float32)
+        for c, s in enumerate(range(0, len(seqs), chunk)):
+            b = {k: v.to(dev) for k, v in m.collate(seqs[s : s + chunk]).items()}
+            sel = (rows >= s) & (rows < s + chunk)
+            r, cl, t, w = rows[sel] - s, cols[sel], targets[sel], lm_weights[sel]
+            with replayed_trunk(layers, trunk, q_trunk[c]), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                hidden, logits = self._logits_at(m.model, b, r, cl)
+                e = hidden[torch.arange(hidden.shape[0]), b["embed_index"]]
+                ref_logits = None
+                if cfg.w_kl > 0 and len(t):
+                    with torch.no_grad():
+                        if self.ref is not None:
+                            ref_logits = self._logits_at(self.ref, b, r, cl)[1]
+                        else:
+                            with m.model.disable_adapter():
+                                ref_logits = self._logits_at(m.model, b, r, cl)[1]
+            surrogate = (e.float() * q_grad[s : s + chunk]).sum()
+            if len(t):
+                lm, kl = sliced_lm_kl(logits, ref_logits, t, tok, w)
+                # lm is the chunk's weighted mean and kl its mean over its KL positions: as parts of the batch's.
+                lm = lm * (float(w.sum()) / lm_total) * share[1]
+                n_kl = int(kl_kept[sel].sum())
+                kl = kl * (n_kl / int(kl_kept.sum()) if n_kl else 0.0) * share[2]
+                surrogate = surrogate + cfg.w_lm * lm + cfg.w_kl * kl
+                lm_sum, kl_sum = lm_sum + lm.detach().float(), kl_sum + kl.detach().float()
+            d.acc.backward(surrogate)
+        out = {"lm": lm_sum, "kl": kl_sum, "nce": out["nce"].detach(), "triplet": out["triplet"].detach()}
         out["loss"] = cfg.w_lm * out["lm"] + cfg.w_kl * out["kl"] + cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
         return out
 
@@ -575,13 +743,17 @@ class SFTTrainer:
         for a in range(cfg.grad_accum):
             with d.acc.accumulate():
                 exs = d.shard(drawn[a * cfg.batch_size : (a + 1) * cfg.batch_size])
-                parts = self.loss(exs, self.step + 1, a)
+                if cfg.grad_cache_chunk:  # the backward pass happens inside, chunk by chunk
+                    parts = self.loss_and_backward(exs, self.step + 1, a)
+                else:
+                    parts = self.loss(exs, self.step + 1, a)
                 names = list(parts)
                 # The global values (the sum of the ranks' shares) for the log and the finiteness check,
                 # so that every rank stops together.
                 glob = dict(zip(names, d.sum(torch.stack([parts[k].detach().float() for k in names])).tolist()))
                 self.folder.check_finite(self.step + 1, "loss", glob["loss"], **{k: v for k, v in glob.items() if k != "loss"})
-                d.acc.backward(parts["loss"])  # divided by grad_accum
+                if not cfg.grad_cache_chunk:
+                    d.acc.backward(parts["loss"])  # divided by grad_accum
                 for k, v in glob.items():
                     totals[k] = totals.get(k, 0.0) + v / cfg.grad_accum
                 if d.acc.sync_gradients:  # the last micro-batch

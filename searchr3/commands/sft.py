@@ -13,7 +13,7 @@ DEFAULTS = {
         "hard_negatives", "mix_alpha", "max_per_source", "traces", "trace_samples", "trace_temperature", "trace_min_tokens",
         "trace_mix_weight",
         "reasoning_share", "reasoning_tokens", "query_tokens", "doc_tokens", "temperature", "margin", "w_lm", "w_kl", "w_nce",
-        "w_triplet", "w_emit", "eval_queries", "eval_every", "save_every", "gradient_checkpointing", "bf16", "seed")},
+        "w_triplet", "w_emit", "eval_queries", "eval_every", "save_every", "gradient_checkpointing", "grad_cache_chunk", "bf16", "seed")},
     "steps": (_S, "max_steps"),
     "full": (_S, "full_finetune"),
 }
@@ -71,6 +71,10 @@ def sft(
     eval_every: int = typer.Option(6, "--eval-every", help="Evaluate every N steps (0 = never)."),
     save_every: int = typer.Option(4, "--save-every", help="Checkpoint every N steps."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
+    grad_cache_chunk: int = typer.Option(
+        8, "--grad-cache-chunk", min=0,
+        help="Gradient caching: embed the micro-batch without gradient, then redo the forward with gradient N sequences at a time (same gradients, peak memory of one chunk, one more forward of the LoRA layers); 0 = off.",
+    ),
     bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast for the forward passes."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -97,7 +101,7 @@ def sft(
         cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
         reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
         margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, w_emit=w_emit, eval_queries=eval_queries,
-        eval_every=eval_every, save_every=save_every, gradient_checkpointing=gradient_checkpointing, bf16=bf16, seed=seed,
+        eval_every=eval_every, save_every=save_every, gradient_checkpointing=gradient_checkpointing, grad_cache_chunk=grad_cache_chunk, bf16=bf16, seed=seed,
         **settings,
     )
     final = train_sft(cfg, resume=resume)
