@@ -504,6 +504,15 @@ class SFTTrainer:
         logits = lm.get_output_embeddings()(hidden[rows, cols - 1])
         return hidden, logits
 
+    @torch.no_grad()
+    def _ref_logits(self, batch, rows, cols) -> torch.Tensor:
+        """The reference's LM logits at the supervised positions (the KL term): the frozen base model, or
+        the same model with its adapter disabled."""
+        if self.ref is not None:
+            return self._logits_at(self.ref, batch, rows, cols)[1]
+        with self.m.model.disable_adapter():
+            return self._logits_at(self.m.model, batch, rows, cols)[1]
+
     def _query_rows(self, exs: Sequence[Example], d_emb: torch.Tensor, step: int, micro: int):
         """The query-side sequences of a micro-batch: every query through the direct prompt, then the
         reasoning rows (reasoning prompt + trace). Returns ``(seqs, LM spans, example of each row)``.
@@ -568,14 +577,7 @@ class SFTTrainer:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             hidden, logits = self._logits_at(m.model, qb, rows, cols)
             q_emb = hidden[torch.arange(len(seqs)), qb["embed_index"]]
-            ref_logits = None
-            if cfg.w_kl > 0:
-                with torch.no_grad():
-                    if self.ref is not None:
-                        ref_logits = self._logits_at(self.ref, qb, rows, cols)[1]
-                    else:
-                        with m.model.disable_adapter():
-                            ref_logits = self._logits_at(m.model, qb, rows, cols)[1]
+            ref_logits = self._ref_logits(qb, rows, cols) if cfg.w_kl > 0 else None
         lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id, lm_weights)
         # This rank's share of each term (1 in one process): the shares of all ranks sum to the global mean.
         share = self.shares(len(seqs), float(lm_weights.sum()), int((targets != m.embed_token_id).sum()))
@@ -673,14 +675,7 @@ class SFTTrainer:
             with replayed_trunk(layers, trunk, q_trunk[c]), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 hidden, logits = self._logits_at(m.model, b, r, cl)
                 e = hidden[torch.arange(hidden.shape[0]), b["embed_index"]]
-                ref_logits = None
-                if cfg.w_kl > 0 and len(t):
-                    with torch.no_grad():
-                        if self.ref is not None:
-                            ref_logits = self._logits_at(self.ref, b, r, cl)[1]
-                        else:
-                            with m.model.disable_adapter():
-                                ref_logits = self._logits_at(m.model, b, r, cl)[1]
+                ref_logits = self._ref_logits(b, r, cl) if cfg.w_kl > 0 and len(t) else None
             surrogate = (e.float() * q_grad[s : s + chunk]).sum()
             if len(t):
                 lm, kl = sliced_lm_kl(logits, ref_logits, t, tok, w)
