@@ -1,6 +1,6 @@
 """Refresh policies of the RL environment compared over one long, real GRPO run.
 
-The run trains with one policy (``--train-policy``, default ``lazy-all``, the library default). Shadow
+The run trains with one policy (``--train-policy``, default ``lazy-all``: the committed run). Shadow
 environments with the other policies start from the same initial index, see exactly the same
 rollouts and direct embeddings, and re-encode what their policy asks for with the run's current
 weights, each timing its own encoding: so today's behaviour (``local``) and the new default are
@@ -10,8 +10,8 @@ them) and every policy's rewards and ranks are compared with exact retrieval ove
 is counted (corpus size per step), not run, and its error is 0 by definition. The truth encodes,
 the shadows' work and the bookkeeping are excluded from the step times.
 
-    python benchmarks/bench_refresh.py --data ../shared/data/train/nq --init runs/sft-r/final \\
-        --steps 50 --lr 1e-4 --doc-max-length 96 --truth-at 10,30,50
+    OMP_NUM_THREADS=1 python benchmarks/bench_refresh.py --data ../shared/data/train/nq --init runs/sft-r/final \\
+        --steps 50 --lr 1e-4 --lr-schedule linear --doc-max-length 96 --truth-at 10,30,50
 
 Writes ``benchmarks/results/refresh.json``, ``refresh.jsonl`` (per step) and ``refresh.png``.
 The initial corpus embeddings are cached in ``<--work>-corpus-embeddings`` across runs.
@@ -36,8 +36,8 @@ HERE = Path(__file__).resolve().parent
 POLICIES = {
     "none": dict(refresh="none"),
     "local": dict(refresh="local", neighbours=2),  # the default before lazy
-    "lazy-deciding": dict(refresh="lazy", repair_all=False, repair_margin=0.0),  # re-encode what decides each reward
-    "lazy-all": dict(refresh="lazy", repair_all=True, repair_margin=0.0),  # ... and every top candidate (fresh negatives): the default
+    "lazy-deciding": dict(refresh="lazy", repair_all=False, repair_margin=0.0),  # re-encode what decides each reward: the default
+    "lazy-all": dict(refresh="lazy", repair_all=True, repair_margin=0.0),  # ... and every top candidate (fresh negatives)
     # what decides the reward and the stale rows below it that their drift could lift in (EnvConfig.repair_margin)
     "lazy-deciding-margin": dict(refresh="lazy", repair_all=False, repair_margin=1.0),
 }

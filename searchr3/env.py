@@ -27,11 +27,14 @@
   until none of those is stale (at most ``repair_rounds`` rounds). For each of the step's query
   embeddings (rollouts and the direct baselines) the deciding documents are those ranked above its
   lowest-ranked relevant document when every relevant document is in the top ``k``, else the whole
-  top ``k`` (any of them may fall below a relevant one); with ``repair_all`` (the default) every
-  document among the top ``candidates``, so that the contrastive term's negatives are fresh too.
-  Measured over a 50-step run (``benchmarks/bench_refresh.py``, 6,849 nq paragraphs): while the
-  weights moved little (steps 10 and 30) ``repair_all`` had reward errors 0.000 / 0.011 for 76
-  documents a step, the deciding documents alone 0.000 / 0.032 for 23, ``local`` 0.092 / 0.116 for 120. Every row that decides
+  top ``k`` (any of them may fall below a relevant one); with ``repair_all`` every document among the
+  top ``candidates``, so that the contrastive term's negatives are fresh too. The default repairs the
+  deciding documents only: over the 50-step run with a decaying learning rate
+  (``benchmarks/results/refresh.json``) it had reward error 0.000 at steps 10 / 30 / 50 for 32 documents a
+  step (216x less than full) and 23 % of the step's time, against 0.000 / 0.000 / 0.031, 83 documents and
+  45 % for ``repair_all``.
+  An earlier 50-step run at a constant learning rate (``benchmarks/results/refresh_session6.json``) ran
+  away after step 30 (every partial policy's error with it). Every row that decides
   a reward is then the current weights' own; what the policy can still miss is a stale document whose
   fresh vector would pass a relevant one while its stale one does not. Its work per step is the
   distinct documents the step reads, with no graph neighbours and no re-encoding of what later steps
@@ -89,7 +92,7 @@ class EnvConfig:
     seed: int = 0
     fresh_positives: bool = True  # local: re-encode a step's stale relevant documents before scoring
     repair_rounds: int = 3  # lazy: re-encode-and-search rounds per step until what decides the rewards is fresh
-    repair_all: bool = True  # lazy: re-encode every stale top candidate (fresh negatives too), not only those that decide the reward
+    repair_all: bool = False  # lazy: re-encode every stale top candidate (fresh negatives too), not only those that decide the reward
     full_at_drift: float = 0.0  # local/lazy: re-encode the whole corpus at a refresh where the rows re-encoded since the last one moved more than this (mean cosine distance; 0 = never)
     repair_margin: float = 0.0  # lazy: also re-encode stale rows below the top whose drift could lift them into it (multiplier of the reach; 0 = off)
     repair_depth: int = 50  # lazy: how deep the margin looks (documents per query)

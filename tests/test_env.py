@@ -217,7 +217,7 @@ def test_gain_reward_and_penalties_by_hand():
 def test_lazy_policy_re_encodes_exactly_what_the_step_reads():
     q = unit([[math.cos(-0.05), math.sin(-0.05), 0]])
     env, table = line_env(n=12, refresh="lazy", repair_margin=0, repair_all=False)
-    assert EnvConfig().refresh == "lazy" and EnvConfig().repair_all  # the library default
+    assert EnvConfig().refresh == "lazy" and not EnvConfig().repair_all and not EnvConfig().repair_margin  # the library default
     env.step(["q"], q, [{"d0": 1}])  # version 0: everything is fresh, nothing re-encoded
     assert table.calls == [list(range(12))]
     stats = env.refresh()  # version 1: lazy re-encodes nothing after the update

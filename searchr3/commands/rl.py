@@ -33,7 +33,7 @@ def rl(
     refresh: str = typer.Option("lazy", "--refresh", help="Index refresh policy: none, local, lazy (re-encode what each step reads) or full."),
     neighbours: int = typer.Option(2, "--neighbours", min=0, help="Graph neighbours refreshed per touched document (local)."),
     max_age: int = typer.Option(0, "--max-age", min=0, help="Re-encode documents older than this many versions (0 = off)."),
-    repair_all: bool = typer.Option(True, "--repair-all/--repair-deciding", help="lazy: re-encode every stale top candidate, or only those that decide the reward."),
+    repair_all: bool = typer.Option(False, "--repair-all/--repair-deciding", help="lazy: re-encode every stale top candidate, or only those that decide the reward."),
     repair_margin: float = typer.Option(0.0, "--repair-margin", min=0, help="lazy: also re-encode stale rows their drift could lift into the ranking (multiplier of the drift bound; 0 = off)."),
     full_at_drift: float = typer.Option(0.0, "--full-at-drift", min=0, help="Re-encode the whole corpus at a refresh whose re-encoded rows moved more than this (mean cosine distance; 0 = never)."),
     doc_max_length: int = typer.Option(256, "--doc-max-length", min=16, help="Token limit of corpus documents."),
