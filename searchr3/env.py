@@ -288,11 +288,18 @@ class RetrievalEnv:
         """The documents of one ranking that decide its reward (``lazy``, module doc): those above the
         lowest-ranked relevant document when all relevant ones are in the top ``k``, else the top ``k``;
         with ``repair_all``, the whole ranking."""
+        return self._cut(ranked, positives)[0]
+
+    def _cut(self, ranked: Sequence[int], positives: Mapping[int, int]) -> tuple[list[int], int]:
+        """(the deciding documents of a ranking, the document whose score a stale row must reach to change
+        the reward: the lowest-ranked relevant one when all are in the top ``k``, else the last deciding one)."""
         if self.config.repair_all:
-            return list(ranked)
+            return list(ranked), ranked[-1]
         top = list(ranked[: self.config.k])
         hits = [r for r, d in enumerate(top) if d in positives]
-        return top[: max(hits)] if len(hits) == len(positives) else top
+        if len(hits) == len(positives):
+            return top[: max(hits)], top[max(hits)]
+        return top, top[-1]
 
     def reach(self, ages: np.ndarray) -> np.ndarray:
         """How far the scores of stale rows of the given ages may move once re-encoded: the 90th percentile
@@ -304,16 +311,12 @@ class RetrievalEnv:
         if not self._moves:
             return out
         seen = np.array(self._moves, np.float64)  # [n, 2]: age, chord
-        order = np.argsort(seen[:, 0], kind="stable")
-        seen = seen[order]
+        top = seen[:, 0].max()
         for a in np.unique(ages[ages > 0]):
-            older = seen[seen[:, 0] >= a]
-            if len(older):
-                value = np.quantile(older[:, 1], 0.9)
+            if a <= top:
+                out[ages == a] = np.quantile(seen[seen[:, 0] >= a, 1], 0.9)
             else:
-                oldest = seen[seen[:, 0] == seen[-1, 0]]
-                value = np.quantile(oldest[:, 1], 0.9) * a / seen[-1, 0]
-            out[ages == a] = value
+                out[ages == a] = np.quantile(seen[seen[:, 0] == top, 1], 0.9) * a / top
         return out
 
     def within_reach(self, query_embeddings: np.ndarray, ranked: np.ndarray, pos_maps: list[dict[int, int]]) -> set[int]:
@@ -331,12 +334,7 @@ class RetrievalEnv:
         reach = np.minimum(2.0, cfg.repair_margin * self.reach(self.version - self.versions[deep]))
         out: set[int] = set()
         for i, (row, pos) in enumerate(zip(ranked.tolist(), pos_maps)):
-            if cfg.repair_all:
-                last = row[-1]
-            else:
-                hits = [d for d in row[: cfg.k] if d in pos]
-                last = hits[-1] if len(hits) == len(pos) else row[cfg.k - 1]
-            threshold = float(q[i] @ self.emb[last])
+            threshold = float(q[i] @ self.emb[self._cut(row, pos)[1]])
             out.update(deep[i][(reach[i] > 0) & (scores[i] + reach[i] >= threshold)].tolist())
         return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +93,14 @@ def write_beir(folder: Path, docs: Mapping[str, str | Mapping[str, str]], querie
     (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
     (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
     return folder
+
+
+def write_topic_beir(folder: Path, topics: Sequence[str], passage: str = "The {t} is here. This passage is about {t}.") -> Path:
+    """A BEIR folder (split train) with one passage ``d<i>`` per topic and one query ``q<i>`` ("what about
+    <topic>") judged relevant to it."""
+    docs = {f"d{i}": passage.format(t=t) for i, t in enumerate(topics)}
+    queries = {f"q{i}": f"what about {t}" for i, t in enumerate(topics)}
+    return write_beir(folder, docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(len(topics))])
 
 
 @dataclass

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from searchr3.distributed import Dist
 from searchr3.runs import RunError, read_rows
-from tests.conftest import REPO, build_tiny_model, write_beir
+from tests.conftest import REPO, build_tiny_model, write_beir, write_topic_beir
 
 TOL = 1e-4  # absolute on every logged loss term and every trained weight, relative on the gradient norm
 
@@ -38,9 +38,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory) -> Path:
-    docs = {f"d{i}": f"The {t} is here. This passage is about {t}." for i, t in enumerate(TOPICS)}
-    queries = {f"q{i}": f"what about {t}" for i, t in enumerate(TOPICS)}
-    return write_beir(tmp_path_factory.mktemp("sft_beir"), docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))])
+    return write_topic_beir(tmp_path_factory.mktemp("sft_beir"), TOPICS)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 from searchr3 import SearchR3
 from searchr3.sft import SFTConfig, SFTTrainer, build_data, make_traces, prepare_model, replayed_trunk, train_sft
-from tests.conftest import build_tiny_model, write_beir
+from tests.conftest import build_tiny_model, write_topic_beir
 from tests.test_distributed import TOL, launch, max_diff, rows, sft_args
 from tests.test_distributed import trainable as trained_weights
 from tests.test_sft import TOPICS, tiny_cfg
@@ -19,9 +19,9 @@ from tests.test_sft import TOPICS, tiny_cfg
 
 @pytest.fixture(scope="module")
 def beir_dir(tmp_path_factory) -> Path:
-    docs = {f"d{i}": f"The {t} is here. This passage is about {t}. More {t} text follows here." for i, t in enumerate(TOPICS)}
-    queries = {f"q{i}": f"what about {t}" for i, t in enumerate(TOPICS)}
-    return write_beir(tmp_path_factory.mktemp("beir"), docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))])
+    return write_topic_beir(
+        tmp_path_factory.mktemp("beir"), TOPICS, "The {t} is here. This passage is about {t}. More {t} text follows here."
+    )
 
 
 @pytest.fixture(scope="module")

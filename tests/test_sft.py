@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from searchr3 import SearchR3
 from searchr3.plots import plot_curves
 from searchr3.sft import SFTConfig, SFTError, SFTTrainer, build_data, prepare_model, train_sft
-from tests.conftest import REPO, build_tiny_model
+from tests.conftest import REPO, build_tiny_model, write_topic_beir
 from tests.test_sources import write_beir
 
 TOPICS = [
@@ -29,9 +29,7 @@ TOPICS = [
 
 @pytest.fixture(scope="module")
 def beir_dir(tmp_path_factory) -> Path:
-    docs = {f"d{i}": f"The {t} is here. This passage is about {t}. More {t} text follows here." for i, t in enumerate(TOPICS)}
-    queries = {f"q{i}": f"what about {t}" for i, t in enumerate(TOPICS)}
-    return write_beir(tmp_path_factory.mktemp("beir"), [(f"q{i}", f"d{i}", 1) for i in range(len(TOPICS))], docs, queries)
+    return write_topic_beir(tmp_path_factory.mktemp("beir"), TOPICS, "The {t} is here. This passage is about {t}. More {t} text follows here.")
 
 
 @pytest.fixture(scope="module")
