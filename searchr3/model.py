@@ -56,6 +56,16 @@ def query_mode(reasoning: bool | str) -> str:
     raise ValueError(f"reasoning must be True, False or one of {QUERY_MODES}, got {reasoning!r}")
 
 
+MIN_SHARED_PREFIX = 8  # shorter common prompt prefixes are not worth a separate pass
+
+
+def shared_prefix(ids: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every sequence of ``ids`` starts with, leaving each at least one token."""
+    if not ids:
+        return 0
+    return min(len(os.path.commonprefix([list(x) for x in ids])), min(len(x) for x in ids) - 1)
+
+
 def mix_embeddings(direct: torch.Tensor, reasoned: torch.Tensor, weight: float) -> torch.Tensor:
     """The ``"mix"`` query mode's embedding: ``weight * direct + (1 - weight) * reasoned``, each row
     L2-normalised first (used at query time, by stage 1's trained mix and by its trace bank)."""
@@ -317,18 +327,40 @@ class SearchR3:
             raise ValueError("batch_size must be >= 1")
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: padding stays small
         out = torch.empty((len(ids), self.hidden_size), dtype=torch.float32)
+        # Every text of a kind starts with the same prompt (system turn, instruction: 42 tokens of the
+        # built-in model's document prompt). Its keys and values are computed once per call and each
+        # batch runs only what follows (transformers' prefix caching is for generate(), not for this).
+        prefix = shared_prefix(ids) if len(ids) > 1 else 0
+        cache = None
+        if prefix >= MIN_SHARED_PREFIX:
+            decoder, _ = self.decoder_and_head()
+            with self.autocast():
+                cache = decoder(input_ids=torch.tensor([ids[0][:prefix]], device=self.device), use_cache=True).past_key_values
+        else:
+            prefix = 0
         starts = range(0, len(ids), batch_size)
         for s in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
             rows = order[s : s + batch_size]
-            batch = self.collate([ids[i] for i in rows])
+            batch = {k: v.to(self.device) for k, v in self.collate([ids[i][prefix:] for i in rows]).items()}
             with self.autocast():
-                h = self.hidden_at(
-                    batch["input_ids"].to(self.device),
-                    batch["attention_mask"].to(self.device),
-                    batch["embed_index"].to(self.device),
-                )
+                if cache is None:
+                    h = self.hidden_at(batch["input_ids"], batch["attention_mask"], batch["embed_index"])
+                else:
+                    h = self._hidden_after_prefix(cache, prefix, batch)
             out[rows] = h.float().cpu()
         return out
+
+    def _hidden_after_prefix(self, cache: DynamicCache, prefix: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`hidden_at` for rows that all start with the ``prefix`` tokens whose keys and values are
+        in ``cache`` (of one row); ``batch`` holds what follows (right-padded)."""
+        rows, width = batch["input_ids"].shape
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(rows)
+        mask = torch.cat([torch.ones((rows, prefix), dtype=batch["attention_mask"].dtype, device=self.device), batch["attention_mask"]], 1)
+        positions = torch.arange(prefix, prefix + width, device=self.device).expand(rows, width)
+        decoder, _ = self.decoder_and_head()
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True).last_hidden_state
+        return hidden[torch.arange(rows, device=hidden.device), batch["embed_index"]]
 
     def _finish(self, emb: torch.Tensor, single: bool, normalize: bool, convert_to_numpy: bool, convert_to_tensor: bool):
         if normalize:

@@ -50,6 +50,27 @@ def test_direct_embedding_is_hidden_state_at_token(tiny):
     assert torch.allclose(got, full_forward_hidden(tiny, ids), atol=1e-5)
 
 
+def test_shared_prompt_prefix_is_run_once_and_changes_nothing(tiny):
+    """Texts of one kind share the prompt's head: it is run once per call (its keys and values reused by
+    every batch), and each text's embedding is still its own full forward's hidden state at the token."""
+    from searchr3.model import MIN_SHARED_PREFIX, shared_prefix
+
+    ids = tiny.prompt_ids(TEXTS, "document")
+    assert shared_prefix(ids) >= MIN_SHARED_PREFIX  # the path under test is taken
+    seen = []
+    hook = tiny.decoder_and_head()[0].register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        got = tiny.encode_document(TEXTS, batch_size=3, normalize_embeddings=False, convert_to_tensor=True)
+    finally:
+        hook.remove()
+    prefix = shared_prefix(ids)
+    assert seen[0] == (1, prefix) and all(shape[1] == max(len(ids[i]) for i in rows) - prefix for shape, rows in zip(seen[1:], ([2, 0, 1], [3])))
+    for row, x in zip(got, ids):
+        assert torch.allclose(row, full_forward_hidden(tiny, x), atol=1e-5)
+    assert shared_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == 1  # every row keeps one token of its own
+    assert shared_prefix([[5, 6], [7, 6]]) == 0 and shared_prefix([]) == 0
+
+
 def test_batching_and_sorting_do_not_change_embeddings(tiny):
     one = tiny.encode_document(TEXTS, batch_size=1)
     many = tiny.encode_document(TEXTS, batch_size=3)
