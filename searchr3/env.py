@@ -44,6 +44,10 @@
   latest re-encoded rows of the same age; each round also re-encodes the stale rows among the top
   ``repair_depth`` whose score is within ``repair_margin`` times that reach of the threshold that
   decides the ranking (:meth:`RetrievalEnv.within_reach`).
+* ``repair_clearance`` (``lazy``) prunes the other way: a stale deciding row whose score is further than
+  ``repair_clearance`` times its reach from every relevant document's (positives are always fresh)
+  stays on the same side of each once re-encoded, so the reward does not depend on it and it is left
+  stale (:meth:`RetrievalEnv.unclear`).
 * A partly refreshed index mixes two spaces: rows of the current weights and rows of older ones. While
   the weights move little that is harmless; when they move far, a freshly re-encoded relevant document
   beats every stale row whatever the query says, so the reward reads high while the truth is low, and
@@ -96,6 +100,7 @@ class EnvConfig:
     full_at_drift: float = 0.0  # local/lazy: re-encode the whole corpus at a refresh where the rows re-encoded since the last one moved more than this (mean cosine distance; 0 = never)
     repair_margin: float = 0.0  # lazy: also re-encode stale rows below the top whose drift could lift them into it (multiplier of the reach; 0 = off)
     repair_depth: int = 50  # lazy: how deep the margin looks (documents per query)
+    repair_clearance: float = 0.0  # lazy: leave a stale deciding row whose score clears every relevant document's by more than this multiple of its reach (its refresh could not reorder them; 0 = off)
 
     def __post_init__(self) -> None:
         if self.refresh not in POLICIES:
@@ -104,8 +109,8 @@ class EnvConfig:
             raise ValueError(f"need 1 <= k <= candidates, got k={self.k}, candidates={self.candidates}")
         if self.neighbours < 0 or self.max_age < 0 or not 0.0 <= self.sweep_share <= 1.0 or self.repair_rounds < 1:
             raise ValueError("neighbours and max_age must be >= 0, repair_rounds >= 1 and sweep_share in [0, 1]")
-        if self.full_at_drift < 0 or self.repair_margin < 0:
-            raise ValueError("full_at_drift and repair_margin must be >= 0")
+        if self.full_at_drift < 0 or self.repair_margin < 0 or self.repair_clearance < 0:
+            raise ValueError("full_at_drift, repair_margin and repair_clearance must be >= 0")
         if self.repair_depth < self.candidates:
             raise ValueError(f"repair_depth must be >= candidates ({self.candidates}), got {self.repair_depth}")
         if self.format_penalty < 0 or self.limit_penalty < 0:
@@ -343,12 +348,29 @@ class RetrievalEnv:
         again, until none is stale or ``repair_rounds`` rounds are done."""
         for _ in range(self.config.repair_rounds):
             ranked = self.search(query_embeddings, self.config.candidates)
-            read = {d for row, pos in zip(ranked.tolist(), pos_maps) for d in self.deciding(row, pos)}
-            read.update(self.within_reach(query_embeddings, ranked, pos_maps))
-            stale = sorted(d for d in read if self.versions[d] < self.version)
+            stale: set[int] = set()
+            for q, row, pos in zip(query_embeddings, ranked.tolist(), pos_maps):
+                stale.update(self.unclear(q, [d for d in self.deciding(row, pos) if self.versions[d] < self.version], pos))
+            stale.update(d for d in self.within_reach(query_embeddings, ranked, pos_maps) if self.versions[d] < self.version)
             if not stale:
                 return
-            self.update(stale)
+            self.update(sorted(stale))
+
+    def unclear(self, query_embedding: np.ndarray, rows: Sequence[int], positives: Mapping[int, int]) -> list[int]:
+        """``lazy`` with ``repair_clearance``: of a ranking's stale deciding ``rows``, those whose re-encode
+        could move them past one of the (fresh) relevant documents: a row's score moves by at most its
+        chord, estimated as ``repair_clearance * reach(age)``, so a row whose score differs from every
+        relevant document's by more than that stays on the same side of each, and the reward is what
+        it is without it. All of ``rows`` while no re-encode has been observed (the reach is unknown)."""
+        rows = list(rows)
+        if self.config.repair_clearance <= 0 or not rows or not self._moves or not positives:
+            return rows
+        q = np.asarray(query_embedding, np.float32)
+        scores = self.emb[rows] @ q
+        pos_scores = self.emb[list(positives)] @ q
+        reach = self.config.repair_clearance * self.reach(self.version - self.versions[rows])
+        near = (np.abs(scores[:, None] - pos_scores[None, :]) <= reach[:, None]).any(1)
+        return [r for r, keep in zip(rows, near.tolist()) if keep]
 
     # ------------------------------------------------------------------ refresh
     def refresh_set(self) -> tuple[list[int], int]:

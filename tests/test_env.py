@@ -340,3 +340,30 @@ def test_lazy_margin_re_encodes_stale_rows_their_drift_could_lift_into_the_ranki
         EnvConfig(candidates=10, repair_depth=5)
     with pytest.raises(ValueError, match="repair_margin"):
         EnvConfig(repair_margin=-1)
+
+
+def test_lazy_clearance_leaves_stale_rows_that_cannot_reorder_the_relevant_ones():
+    """d3 (relevant) ranks 4th, past k = 3, so d0-d2 decide the reward. The new weights turn every row by
+    0.02 rad and carry d2, whose score is within that of d3's, past it. With the clearance only d2 (and the
+    positive) are re-encoded: d0 and d1 clear d3's score by far more than any row moved. The reward is
+    the truth's either way (d3 third: 1 / log2(4))."""
+    angles = np.array([0.0, 0.3, 0.5, 0.52, 0.9, 1.0, 1.1, 1.2])
+    moved = angles + 0.02
+    moved[2] = 0.56
+    arc = lambda a: unit(np.stack([np.cos(a), np.sin(a), np.zeros(len(a))], 1))  # noqa: E731
+    q = unit([[1, 0, 0]])
+    read = {}
+    for clearance in (0.0, 1.0):
+        table = Table(arc(angles))
+        env = RetrievalEnv([f"d{i}" for i in range(8)], table, EnvConfig(k=3, candidates=5, refresh="lazy", repair_clearance=clearance))
+        assert env.unclear(q[0], [0, 1, 2], {3: 1}) == [0, 1, 2]  # no re-encode seen yet: the reach is unknown
+        env.refresh()
+        table.rows = arc(moved)
+        calls = len(table.calls)
+        res = env.step(["q"], q, [{"d3": 1}])
+        read[clearance] = sorted({p for c in table.calls[calls:] for p in c})
+        assert res.rewards[0] == pytest.approx(1 / math.log2(4))
+        env.check_consistency()
+    assert read[0.0] == [0, 1, 2, 3] and read[1.0] == [2, 3]
+    with pytest.raises(ValueError, match="repair_clearance"):
+        EnvConfig(repair_clearance=-0.5)

@@ -10,7 +10,7 @@ _G, _E = "searchr3.grpo:GRPOConfig", "searchr3.env:EnvConfig"
 DEFAULTS = {
     **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "reward", "lr",
                                      "lr_schedule", "kl_coef", "nce_coef", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
-    **{name: (_E, name) for name in ("refresh", "neighbours", "max_age", "limit_penalty", "repair_all", "repair_margin", "full_at_drift")},
+    **{name: (_E, name) for name in ("refresh", "neighbours", "max_age", "limit_penalty", "repair_all", "repair_margin", "repair_clearance", "full_at_drift")},
 }
 CLI_ONLY = {"resume", "eval_data", "eval_docs", "eval_init"}
 
@@ -35,6 +35,7 @@ def rl(
     max_age: int = typer.Option(0, "--max-age", min=0, help="Re-encode documents older than this many versions (0 = off)."),
     repair_all: bool = typer.Option(False, "--repair-all/--repair-deciding", help="lazy: re-encode every stale top candidate, or only those that decide the reward."),
     repair_margin: float = typer.Option(0.0, "--repair-margin", min=0, help="lazy: also re-encode stale rows their drift could lift into the ranking (multiplier of the drift bound; 0 = off)."),
+    repair_clearance: float = typer.Option(0.0, "--repair-clearance", min=0, help="lazy: leave stale deciding rows whose score clears every relevant document's by more than this multiple of their drift bound (0 = off)."),
     full_at_drift: float = typer.Option(0.0, "--full-at-drift", min=0, help="Re-encode the whole corpus at a refresh whose re-encoded rows moved more than this (mean cosine distance; 0 = never)."),
     doc_max_length: int = typer.Option(256, "--doc-max-length", min=16, help="Token limit of corpus documents."),
     corpus_limit: int = typer.Option(0, "--corpus-limit", min=0, help="Use the first N documents plus every judged one (0 = all)."),
@@ -61,7 +62,7 @@ def rl(
         group=group, max_new_tokens=max_new_tokens, reward=reward, lr=lr, lr_schedule=lr_schedule, kl_coef=kl_coef, nce_coef=nce_coef,
         doc_max_length=doc_max_length, corpus_limit=corpus_limit, save_every=save_every, seed=seed, bf16=bf16,
         env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age, limit_penalty=limit_penalty,
-                         repair_all=repair_all, repair_margin=repair_margin, full_at_drift=full_at_drift),
+                         repair_all=repair_all, repair_margin=repair_margin, repair_clearance=repair_clearance, full_at_drift=full_at_drift),
     )
     model_dir = train_rl(cfg, resume=resume)
     typer.echo(f"model: {model_dir}\nlog: {out / 'log.jsonl'}\nreward curve: {out / 'reward.png'}\nindex refresh: {out / 'env.png'}")
