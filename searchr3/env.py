@@ -29,10 +29,12 @@
   lowest-ranked relevant document when every relevant document is in the top ``k``, else the whole
   top ``k`` (any of them may fall below a relevant one); with ``repair_all`` every document among the
   top ``candidates``, so that the contrastive term's negatives are fresh too. The default repairs the
-  deciding documents only: over the 50-step run with a decaying learning rate
-  (``benchmarks/results/refresh.json``) it had reward error 0.000 at steps 10 / 30 / 50 for 32 documents a
-  step (216x less than full) and 23 % of the step's time, against 0.000 / 0.000 / 0.031, 83 documents and
-  45 % for ``repair_all``.
+  deciding documents only: over a 50-step run with a decaying learning rate and documents at 96 tokens
+  (``benchmarks/results/refresh_doc96.json``, trained with ``repair_all``) it had reward error 0.000 at steps
+  10 / 30 / 50 for 32 documents a step (216x less than full) and 23 % of the step's time, against 0.000 /
+  0.000 / 0.031, 83 documents and 45 % for ``repair_all``. At the default 256 tokens, in a run trained with
+  it (``benchmarks/results/refresh.json``), 24 documents a step and 32 % of the step, and the policy moved
+  3x further: error 0.006 / 0.023 / 0.139 (README, "refresh policies").
   An earlier 50-step run at a constant learning rate (``benchmarks/results/refresh_session6.json``) ran
   away after step 30 (every partial policy's error with it). Every row that decides
   a reward is then the current weights' own; what the policy can still miss is a stale document whose
