@@ -9,6 +9,8 @@ shows what the learning rate, the KL and the contrastive term do to it. The trai
 KL, contrastive loss, ...) is kept per step.
 
     python benchmarks/bench_rl_drift.py --init runs/sft-r/final --steps 30 --set lr=1e-4 --set nce_coef=0 --name nce0
+    python benchmarks/bench_rl_drift.py --init runs/sft-r/final --doc-max-length 256 --work /tmp/br-256 --set lr=1e-4 \
+        --set lr_schedule=linear --probe-every 10 [--repair-all] --name doc256_deciding   # which env policy lets it run away
 
 Writes ``benchmarks/results/rl_drift_<name>.json``.
 """
@@ -53,6 +55,11 @@ def main() -> None:
     ap.add_argument("--probe-every", type=int, default=5)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a GRPOConfig field, e.g. lr=1e-4 (repeat)")
     ap.add_argument("--work", default="/tmp/br-long", help="scratch run folder; the initial corpus encode is cached beside it")
+    ap.add_argument(
+        "--repair-all",
+        action="store_true",
+        help="the environment re-encodes every stale top candidate (fresh negatives), not only the deciding documents",
+    )
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
@@ -67,7 +74,7 @@ def main() -> None:
         doc_max_length=args.doc_max_length,
         save_every=10**9,
         show_progress_bar=False,
-        env=EnvConfig(refresh="lazy", repair_all=False),
+        env=EnvConfig(refresh="lazy", repair_all=args.repair_all),
         **over,
     )
     shutil.rmtree(cfg.out, ignore_errors=True)
@@ -102,6 +109,7 @@ def main() -> None:
         "num_docs": env.size,
         "steps": cfg.steps,
         "doc_max_length": args.doc_max_length,
+        "repair_all": args.repair_all,
         "probe_docs": len(probe),
         "minutes": (time.perf_counter() - t0) / 60,
         "probe_drift_final": rows[-1]["probe_drift"],

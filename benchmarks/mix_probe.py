@@ -1,0 +1,135 @@
+"""Query-side probe of the reasoning modes: which rollouts and which mix weight help a trained model.
+
+The corpus is encoded once per development set (and cached, as ``searchr3 eval`` does); for each
+rollout setting (greedy or sampled, how many samples, a minimum of written tokens before the model
+may emit ``<|embed_token|>``) the reasoning embeddings are computed once, and the mix
+``w * direct + (1 - w) * reasoning`` is scored for every ``w`` in the grid from those vectors (w = 1 is
+reasoning off, w = 0 reasoning on) -- the same arithmetic as ``encode_query(reasoning="mix")``
+(:func:`searchr3.model.mix_embeddings`). nDCG@10 per set, the spread across queries, emit rate,
+tokens and seconds per query of each rollout setting.
+
+    python benchmarks/mix_probe.py runs/sft-r/final --out benchmarks/results/mix_probe_sft_r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# name -> reasoning settings (as encode_query takes them)
+SETTINGS = {
+    "greedy": dict(samples=1),
+    "greedy-min16": dict(samples=1, min_new_tokens=16),
+    "sample4-t0.7": dict(samples=4, temperature=0.7),
+    "sample4-t0.7-min16": dict(samples=4, temperature=0.7, min_new_tokens=16),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--data", action="append", default=None, help="BEIR folder (split test), repeatable")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {sorted(SETTINGS)}")
+    ap.add_argument("--weights", default="0,0.2,0.4,0.5,0.6,0.7,0.8,0.9,1", help="mix weights of the direct embedding")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mix_probe.json")
+    args = ap.parse_args()
+    names = [s for s in args.settings.split(",") if s]
+    if set(names) - set(SETTINGS):
+        ap.error(f"unknown settings: {sorted(set(names) - set(SETTINGS))}")
+    weights = [float(w) for w in args.weights.split(",")]
+
+    import torch
+
+    from searchr3 import SearchR3
+    from searchr3.data.beir import load_beir
+    from searchr3.evaluation import compute_metrics, encode_corpus
+    from searchr3.io import atomic_write_json
+    from searchr3.retrieval import default_corpus_cache, dense_retrieve
+
+    m = SearchR3.from_pretrained(args.model)
+    folders = args.data or [str(ROOT.parent / "shared" / "data" / n) for n in ("msmarco-mini", "wikiqa-dev")]
+    out: dict = {"model": args.model, "settings": {n: SETTINGS[n] for n in names}, "weights": weights, "sets": {}}
+    for folder in folders:
+        ds = load_beir(folder, "test")
+        name = Path(folder).name
+        corpus = encode_corpus(m, ds.corpus, batch_size=args.batch_size, show_progress_bar=True, cache_dir=default_corpus_cache())
+        qids = ds.judged_query_ids()
+        texts = [ds.queries[q] for q in qids]
+        t0 = time.perf_counter()
+        direct = torch.from_numpy(m.encode_query(texts, batch_size=args.batch_size))
+        direct_s = (time.perf_counter() - t0) / len(qids)
+
+        def score(q: torch.Tensor) -> dict:
+            run = dense_retrieve(q.numpy(), corpus.embeddings, corpus.doc_ids, qids, 100)
+            r = compute_metrics(ds.qrels, run, per_query=True)
+            return {"ndcg@10": r["ndcg@10"], "per_query": {k: v["ndcg@10"] for k, v in r["per_query"].items()}}
+
+        base = score(direct)
+        rows = {"off": {"ndcg@10": base["ndcg@10"], "seconds_per_query": direct_s}}
+        print(f"{name}: off {base['ndcg@10']:.4f}", flush=True)
+        for setting in names:
+            gen = dict(SETTINGS[setting])
+            samples = gen.pop("samples")
+            if samples > 1:
+                gen["do_sample"] = True
+                gen["seed"] = 0
+            t0 = time.perf_counter()
+            ro = m.reason([t for t in texts for _ in range(samples)], batch_size=args.batch_size, **gen)
+            seconds = (time.perf_counter() - t0) / len(qids)
+            reasoned = ro.embeddings.view(len(qids), samples, -1).mean(1)
+            mixes = {}
+            for w in weights:
+                q = torch.nn.functional.normalize(
+                    w * torch.nn.functional.normalize(direct, dim=-1) + (1 - w) * torch.nn.functional.normalize(reasoned, dim=-1),
+                    dim=-1,
+                )
+                s = score(q)
+                diff = np.array([s["per_query"][k] - base["per_query"][k] for k in base["per_query"]])
+                mixes[str(w)] = {
+                    "ndcg@10": s["ndcg@10"],
+                    "gain": float(diff.mean()),
+                    "gain_stderr": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                    "queries_better": int((diff > 1e-9).sum()),
+                    "queries_worse": int((diff < -1e-9).sum()),
+                }
+            rows[setting] = {
+                "emit_rate": float(np.mean(ro.emitted)),
+                "mean_new_tokens": float(np.mean([len(c) for c in ro.completion_ids])),
+                "seconds_per_query": seconds + direct_s,
+                "mix": mixes,
+                "examples": ro.texts[: 6 * samples : samples],
+            }
+            best = max(mixes, key=lambda k: mixes[k]["ndcg@10"])
+            print(
+                f"{name}: {setting} emit {rows[setting]['emit_rate']:.2f} tokens {rows[setting]['mean_new_tokens']:.1f} "
+                + " ".join(f"w{w}={v['ndcg@10']:.4f}" for w, v in mixes.items())
+                + f" best w{best}",
+                flush=True,
+            )
+        out["sets"][name] = {"queries": len(qids), "docs": len(ds.corpus), "rows": rows}
+        atomic_write_json(args.out, out)
+    print(
+        json.dumps(
+            {
+                k: {
+                    s: {w: round(v["ndcg@10"], 4) for w, v in r.get("mix", {}).items()} or round(r["ndcg@10"], 4)
+                    for s, r in d["rows"].items()
+                }
+                for k, d in out["sets"].items()
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
