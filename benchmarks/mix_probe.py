@@ -53,6 +53,7 @@ def main() -> None:
     from searchr3.data.beir import load_beir
     from searchr3.evaluation import compute_metrics, encode_corpus
     from searchr3.io import atomic_write_json
+    from searchr3.model import mix_embeddings
     from searchr3.retrieval import default_corpus_cache, dense_retrieve
 
     m = SearchR3.from_pretrained(args.model)
@@ -88,10 +89,7 @@ def main() -> None:
             reasoned = ro.embeddings.view(len(qids), samples, -1).mean(1)
             mixes = {}
             for w in weights:
-                q = torch.nn.functional.normalize(
-                    w * torch.nn.functional.normalize(direct, dim=-1) + (1 - w) * torch.nn.functional.normalize(reasoned, dim=-1),
-                    dim=-1,
-                )
+                q = mix_embeddings(direct, reasoned, w)  # ranks as encode_query(reasoning="mix") does
                 s = score(q)
                 diff = np.array([s["per_query"][k] - base["per_query"][k] for k in base["per_query"]])
                 mixes[str(w)] = {

@@ -68,7 +68,7 @@ import io
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -278,7 +278,7 @@ class RetrievalEnv:
         cfg = self.config
         pos_maps = self._positions(queries, positives)
         if cfg.refresh == "lazy" or (cfg.refresh == "local" and cfg.fresh_positives):
-            self.update(sorted({p for pos in pos_maps for p in pos if self.versions[p] < self.version}))
+            self.update(sorted(set(self._stale(p for pos in pos_maps for p in pos))))
         if cfg.refresh == "lazy":
             read = query_embeddings if direct is None else np.concatenate([query_embeddings, direct])
             self._repair(read, pos_maps if direct is None else pos_maps + pos_maps)
@@ -352,11 +352,15 @@ class RetrievalEnv:
             ranked = self.search(query_embeddings, self.config.candidates)
             stale: set[int] = set()
             for q, row, pos in zip(query_embeddings, ranked.tolist(), pos_maps):
-                stale.update(self.unclear(q, [d for d in self.deciding(row, pos) if self.versions[d] < self.version], pos))
-            stale.update(d for d in self.within_reach(query_embeddings, ranked, pos_maps) if self.versions[d] < self.version)
+                stale.update(self.unclear(q, self._stale(self.deciding(row, pos)), pos))
+            stale.update(self._stale(self.within_reach(query_embeddings, ranked, pos_maps)))
             if not stale:
                 return
             self.update(sorted(stale))
+
+    def _stale(self, rows: Iterable[int]) -> list[int]:
+        """Those of ``rows`` encoded by older weights than the current version."""
+        return [d for d in rows if self.versions[d] < self.version]
 
     def unclear(self, query_embedding: np.ndarray, rows: Sequence[int], positives: Mapping[int, int]) -> list[int]:
         """``lazy`` with ``repair_clearance``: of a ranking's stale deciding ``rows``, those whose re-encode

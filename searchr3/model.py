@@ -314,10 +314,23 @@ class SearchR3:
         lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return lm.base_model, lm.get_output_embeddings()
 
-    def hidden_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Final-layer hidden state at ``index`` of each row (differentiable; used by the trainers)."""
+    def hidden_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor, prefix: tuple[DynamicCache, int] | None = None
+    ) -> torch.Tensor:
+        """Final-layer hidden state at ``index`` of each row (differentiable; used by the trainers).
+        ``prefix``: (the keys and values of one row, their length) of tokens every row starts with;
+        ``input_ids`` (right-padded) and ``index`` then cover only what follows them."""
         decoder, _ = self.decoder_and_head()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        kwargs: dict[str, Any] = {}
+        if prefix is not None:
+            cache, n = prefix
+            rows, width = input_ids.shape
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(rows)
+            attention_mask = torch.cat([attention_mask.new_ones((rows, n)), attention_mask], 1)
+            positions = torch.arange(n, n + width, device=input_ids.device).expand(rows, width)
+            kwargs = {"position_ids": positions, "past_key_values": past, "use_cache": True}
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
 
     # ------------------------------------------------------------------ direct encoding
@@ -331,11 +344,11 @@ class SearchR3:
         # built-in model's document prompt). Its keys and values are computed once per call and each
         # batch runs only what follows (transformers' prefix caching is for generate(), not for this).
         prefix = shared_prefix(ids) if len(ids) > 1 else 0
-        cache = None
+        shared = None
         if prefix >= MIN_SHARED_PREFIX:
             decoder, _ = self.decoder_and_head()
             with self.autocast():
-                cache = decoder(input_ids=torch.tensor([ids[0][:prefix]], device=self.device), use_cache=True).past_key_values
+                shared = (decoder(input_ids=torch.tensor([ids[0][:prefix]], device=self.device), use_cache=True).past_key_values, prefix)
         else:
             prefix = 0
         starts = range(0, len(ids), batch_size)
@@ -343,24 +356,9 @@ class SearchR3:
             rows = order[s : s + batch_size]
             batch = {k: v.to(self.device) for k, v in self.collate([ids[i][prefix:] for i in rows]).items()}
             with self.autocast():
-                if cache is None:
-                    h = self.hidden_at(batch["input_ids"], batch["attention_mask"], batch["embed_index"])
-                else:
-                    h = self._hidden_after_prefix(cache, prefix, batch)
+                h = self.hidden_at(batch["input_ids"], batch["attention_mask"], batch["embed_index"], prefix=shared)
             out[rows] = h.float().cpu()
         return out
-
-    def _hidden_after_prefix(self, cache: DynamicCache, prefix: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """:meth:`hidden_at` for rows that all start with the ``prefix`` tokens whose keys and values are
-        in ``cache`` (of one row); ``batch`` holds what follows (right-padded)."""
-        rows, width = batch["input_ids"].shape
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(rows)
-        mask = torch.cat([torch.ones((rows, prefix), dtype=batch["attention_mask"].dtype, device=self.device), batch["attention_mask"]], 1)
-        positions = torch.arange(prefix, prefix + width, device=self.device).expand(rows, width)
-        decoder, _ = self.decoder_and_head()
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True).last_hidden_state
-        return hidden[torch.arange(rows, device=hidden.device), batch["embed_index"]]
 
     def _finish(self, emb: torch.Tensor, single: bool, normalize: bool, convert_to_numpy: bool, convert_to_tensor: bool):
         if normalize:
