@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchr3.env import EnvConfig, RetrievalEnv
+from searchr3.env import EnvConfig, RetrievalEnv, model_encoder
 from searchr3.grpo import GRPOConfig, GRPOTrainer
 from searchr3.io import atomic_write_json, atomic_write_text
 from searchr3.plots import plot_curves
@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--lr-schedule", default="linear", choices=["linear", "constant"])
     ap.add_argument("--nce-coef", type=float, default=0.5)
+    ap.add_argument("--nce-negatives", default="all", choices=["all", "fresh"], help="the contrastive term's negatives (GRPOConfig.nce_negatives)")
+    ap.add_argument("--lora-layers", type=int, default=GRPOConfig.lora_layers,
+                    help="the adapter's top N layers; re-encodes run only those on the cached trunk (0 = every layer, the full forward)")
     ap.add_argument("--train-policy", default="lazy-deciding", choices=sorted(POLICIES), help="the run's own policy (lazy-deciding: train rl's default)")
     ap.add_argument("--shadows", default=",".join(POLICIES), help="policies scored beside the run, comma-separated")
     ap.add_argument("--truth-at", default="1,10,25,50", help="steps at which the whole corpus is re-encoded as the truth")
@@ -96,7 +99,7 @@ def main() -> None:
 
     env_cfg = EnvConfig(**POLICIES[args.train_policy])
     cfg = GRPOConfig(out=args.work, init=args.init, data=args.data, steps=args.steps, queries_per_step=args.queries,
-                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, lr_schedule=args.lr_schedule, nce_coef=args.nce_coef, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9,
+                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, lr_schedule=args.lr_schedule, nce_coef=args.nce_coef, nce_negatives=args.nce_negatives, lora_layers=args.lora_layers, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9,
                      env=env_cfg, show_progress_bar=False)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a scratch run folder: a run folder is never reused without --resume
@@ -132,6 +135,15 @@ def main() -> None:
             t1 = time.perf_counter()
             truth = run_env._encode(list(range(n)))  # the current weights' whole corpus, not written anywhere
             row["truth_seconds"] = time.perf_counter() - t1
+            if trainer.trunk is not None:  # the truth came through the trunk: check it against the full forward on a sample
+                sample = sorted(np.random.default_rng(step).choice(n, size=min(64, n), replace=False).tolist())
+                t2 = time.perf_counter()
+                full = model_encoder(trainer.model, trainer.doc_texts, cfg.encode_batch_size, False, cfg.doc_max_length)(sample)
+                row["full_forward_seconds_per_doc"] = (time.perf_counter() - t2) / len(sample)
+                t2 = time.perf_counter()
+                run_env._encode(sample)
+                row["trunk_seconds_per_doc"] = (time.perf_counter() - t2) / len(sample)
+                row["trunk_vs_full_cosine_distance_max"] = float((1 - (truth[sample] * full).sum(1)).max())
             row["drift_from_initial"] = float((1 - (truth * initial).sum(1)).mean())
             row["drift_per_step_since_last_truth"] = float((1 - (truth * prev_truth[0]).sum(1)).mean()) / max(1, step - 1 - prev_truth[1])
             prev_truth[:] = [truth, step - 1]
@@ -177,7 +189,7 @@ def main() -> None:
     result = {
         "setup": {"data": args.data, "corpus_docs": n, "training_queries": len(trainer.queries), "doc_max_length": cfg.doc_max_length,
                   "steps": args.steps, "queries_per_step": args.queries, "group": args.group, "max_new_tokens": args.max_new_tokens,
-                  "lr": args.lr, "lr_schedule": args.lr_schedule, "nce_coef": args.nce_coef, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
+                  "lr": args.lr, "lr_schedule": args.lr_schedule, "nce_coef": args.nce_coef, "nce_negatives": args.nce_negatives, "lora_layers": args.lora_layers, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
                   "env": asdict(env_cfg), "policies": POLICIES, "truth_at": sorted(truth_at), "seconds": seconds,
                   "init_seconds": init_seconds},
         "policies": policies,
@@ -188,6 +200,11 @@ def main() -> None:
         "doc_drift": {"from_initial_by_step": {r["step"]: r["drift_from_initial"] for r in truths},
                       "per_step_by_step": {r["step"]: r["drift_per_step_since_last_truth"] for r in truths},
                       "rereads_mean_cosine_distance": float(np.mean([r["doc_drift"] for r in rows]))},
+        "trunk": None if trainer.trunk is None else {
+            "first_adapted_layer": trainer.first_adapted, "gigabytes": trainer.trunk.nbytes / 1e9,
+            "seconds_per_doc": {r["step"]: r["trunk_seconds_per_doc"] for r in truths if "trunk_seconds_per_doc" in r},
+            "full_forward_seconds_per_doc": {r["step"]: r["full_forward_seconds_per_doc"] for r in truths if "full_forward_seconds_per_doc" in r},
+            "vs_full_cosine_distance_max": {r["step"]: r["trunk_vs_full_cosine_distance_max"] for r in truths if "trunk_vs_full_cosine_distance_max" in r}},
         "target": {"saving_at_least": 10, "reward_error_at_most": 0.01, "refresh_share_at_most": 0.25},
     }
     result["target"]["met"] = any(p["encoding_saving_vs_full"] >= 10 and p.get("mean_abs_reward_error", 1.0) <= 0.01

@@ -10,6 +10,11 @@ against the environment's candidates (positive = the best-graded relevant docume
 reference is the k3 estimator against the same model with the LoRA adapter disabled. After the
 optimizer step the environment refreshes its index with the current weights.
 
+The adapter trains the top ``lora_layers`` decoder layers only (12 of 30 for the built-in model, as
+stage 1's). The layers below are the initial model's for the whole run, so every document's hidden
+states entering the first adapted layer are taken once, with the initial index, and every re-encode
+runs the adapted layers only (:mod:`searchr3.trunk`): the same embeddings as the full forward.
+
 A compact loop rather than TRL's ``GRPOTrainer`` because the reward needs the hidden state *of*
 the final embedding token, which ``generate`` never computes (the model core's own KV-cache loop
 does), the environment must be refreshed with the updated weights after every optimizer step,
@@ -62,12 +67,18 @@ class GRPOConfig:
     lr_schedule: str = "linear"  # linear: from lr down to lr/steps at the last step (the index moves less late in the run); constant
     lora_r: int = 8
     lora_alpha: int = 16
+    # the adapter trains only the top N decoder layers (0, or N >= the model's: all). The documents' hidden states below them
+    # never change, so they are kept (searchr3.trunk) and a refresh runs only those N layers
+    lora_layers: int = 12
     max_grad_norm: float = 1.0
     # the loss: clipped surrogate + kl_coef * k3 KL + nce_coef * InfoNCE(tau = nce_temperature)
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     nce_coef: float = 0.5
     nce_temperature: float = 0.05
+    # the contrastive term's negatives: "all" the step's candidates, or only the "fresh" ones (re-encoded
+    # with the current weights this step; stale rows, from older weights, are left out)
+    nce_negatives: str = "all"
     # the corpus in the environment
     doc_max_length: int = 256  # documents are encoded at this length
     corpus_limit: int = 0  # keep only the first N documents plus every judged one (0 = all)
@@ -85,6 +96,8 @@ class GRPOConfig:
         for name in ("steps", "queries_per_step", "group", "save_every", "encode_batch_size", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.lora_layers < 0:
+            raise ValueError("lora_layers must be >= 0 (0 = every layer)")
         if self.group < 2:
             raise ValueError("group must be >= 2: advantages are relative to the group")
         if self.max_new_tokens < 1 or self.sampling_temperature <= 0 or not 0 < self.top_p <= 1:
@@ -93,6 +106,8 @@ class GRPOConfig:
             raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
         if self.lr <= 0 or self.clip_eps <= 0 or self.kl_coef < 0 or self.nce_coef < 0 or self.nce_temperature <= 0:
             raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
+        if self.nce_negatives not in ("all", "fresh"):
+            raise ValueError(f"nce_negatives must be 'all' or 'fresh', got {self.nce_negatives!r}")
         if self.reward not in ("gain", "ndcg"):
             raise ValueError(f"reward must be 'gain' or 'ndcg', got {self.reward!r}")
         if self.doc_max_length < 16 or self.corpus_limit < 0:
@@ -236,10 +251,13 @@ class GRPOTrainer:
         # The environment is replicated: every rank scores the whole step's rollouts (gathered) and so
         # asks for the same re-encodes, which are split over the ranks and all-gathered (Dist.encoder):
         # the replicas stay identical, bit for bit, with no index broadcast and the encoding in parallel.
-        encode = self.dist.encoder(model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length))
-        self.env = self._initial_env(encode)
+        n_layers = len(m.decoder_and_head()[0].layers)
+        self.first_adapted = n_layers - cfg.lora_layers if 0 < cfg.lora_layers < n_layers else 0  # as stage 1: N >= the model's = all
+        self.env = self._initial_env()
         m.model = get_peft_model(m.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                     target_modules=lora_targets(m.model), task_type="CAUSAL_LM"))
+                                                     target_modules=lora_targets(m.model), task_type="CAUSAL_LM",
+                                                     **({"layers_to_transform": list(range(self.first_adapted, n_layers)), "layers_pattern": "layers"}
+                                                        if self.first_adapted else {})))
         self.params = [p for p in m.model.parameters() if p.requires_grad]
         self.dist.broadcast_parameters(self.params)
         self.opt = self.dist.acc.prepare(torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0))
@@ -248,15 +266,32 @@ class GRPOTrainer:
         if has_checkpoint:
             self.load_checkpoint()
 
-    def _initial_env(self, encode) -> RetrievalEnv:
+    def _initial_env(self) -> RetrievalEnv:
         """The corpus index of the initial model; its embeddings are cached in the run folder by model
-        fingerprint, document length and corpus (:func:`searchr3.retrieval.cached_encode`)."""
-        from .retrieval import cached_encode
+        fingerprint, document length and corpus (:func:`searchr3.retrieval.cached_encode`). With
+        ``lora_layers``, the documents' trunk (the states entering the first adapted layer) is cached
+        beside them and the environment re-encodes through the adapted layers only."""
+        from .retrieval import cached_encode, corpus_key
 
-        fingerprint = f"{self.model.fingerprint()}|doc_max_length={self.cfg.doc_max_length}"
-        emb = cached_encode(encode, self.doc_ids, self.doc_texts, fingerprint=fingerprint, cache_dir=self.corpus_cache,
-                            write=self.dist.is_main)
-        return RetrievalEnv(self.doc_ids, encode, self.cfg.env, embeddings=emb.embeddings)
+        cfg, m = self.cfg, self.model
+        fingerprint = f"{m.fingerprint()}|doc_max_length={cfg.doc_max_length}"
+        built = None
+        if self.first_adapted:
+            from .trunk import cached_trunk
+
+            key = corpus_key(f"{fingerprint}|trunk_layer={self.first_adapted}", self.doc_ids, self.doc_texts)
+            self.trunk, built = cached_trunk(m, self.doc_texts, self.first_adapted, key=key, cache_dir=self.corpus_cache,
+                                             batch_size=cfg.encode_batch_size, max_length=cfg.doc_max_length,
+                                             show_progress_bar=cfg.show_progress_bar, write=self.dist.is_main)
+            direct = self.trunk.encoder(m, cfg.encode_batch_size)
+        else:
+            self.trunk = None
+            direct = model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length)
+        encode = self.dist.encoder(direct)
+        # a trunk built just now came with the embeddings of the same passes: no second encode
+        emb = cached_encode(encode if built is None else (lambda positions: built[positions]), self.doc_ids, self.doc_texts,
+                            fingerprint=fingerprint, cache_dir=self.corpus_cache, write=self.dist.is_main)
+        return RetrievalEnv(self.doc_ids, encode, cfg.env, embeddings=emb.embeddings)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -324,7 +359,8 @@ class GRPOTrainer:
             ref_logp, _, _ = sequence_logprobs(m, ro.prompt_ids, comp)
         loss, pg, kl = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, cfg.clip_eps, cfg.kl_coef)
         # Candidates of the whole step (as one process sees them); this rank's rows are its rollouts.
-        docs = sorted({d for c in res.candidates for d in c} | {d for p in res.positives for d in p})
+        positives = {d for p in res.positives for d in p}
+        docs = sorted({d for c in res.candidates for d in c if cfg.nce_negatives == "all" or env.versions[d] == env.version} | positives)
         col = {d: j for j, d in enumerate(docs)}
         best = torch.tensor([col[max(p, key=lambda d: (p[d], -d))] for p in res.positives[lo:hi]], device=dev)
         nce = info_nce(emb, torch.from_numpy(env.emb[docs]).to(dev), best, cfg.nce_temperature)
@@ -352,7 +388,7 @@ class GRPOTrainer:
             "hit_limit": float(np.mean(hit_limit)),
             "mean_rank": float(np.mean([r if r else cfg.env.candidates + 1 for r in res.ranks])),
             "emitted": float(np.mean(emitted)), "completion_tokens": float(np.mean(lengths)),
-            "loss": glob[0], "pg": glob[1], "kl": glob[2], "nce": glob[3], "grad_norm": float(grad_norm), "lr": lr,
+            "loss": glob[0], "pg": glob[1], "kl": glob[2], "nce": glob[3], "nce_docs": len(docs), "grad_norm": float(grad_norm), "lr": lr,
             "encoded": stats.encoded, "encoded_share": stats.share, "mean_age": stats.mean_age,
             "doc_drift": stats.drift, "doc_drift_age": stats.drift_age,
             "gen_seconds": t_gen, "refresh_seconds": stats.encode_seconds, "seconds": seconds,

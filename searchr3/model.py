@@ -13,13 +13,14 @@ The embedding is the final-layer hidden state after the final norm, L2-normalise
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -334,30 +335,95 @@ class SearchR3:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
 
     # ------------------------------------------------------------------ direct encoding
+    @contextlib.contextmanager
+    def _layer_inputs(self, layer: int | None) -> Iterator[list[torch.Tensor]]:
+        """While active, every forward appends the hidden states entering decoder layer ``layer`` to the
+        yielded list (nothing is recorded when ``layer`` is None)."""
+        seen: list[torch.Tensor] = []
+        if layer is None:
+            yield seen
+            return
+        decoder, _ = self.decoder_and_head()
+
+        def record(module, args, kwargs):
+            seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        handle = decoder.layers[layer].register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
     @torch.no_grad()
-    def _encode_ids(self, ids: list[list[int]], batch_size: int, show_progress_bar: bool, desc: str) -> torch.Tensor:
+    def _encode_ids(self, ids: list[list[int]], batch_size: int, show_progress_bar: bool, desc: str, capture: int | None = None):
+        """Embeddings (unnormalised, fp32) of prompt id lists. With ``capture`` = a layer index, also the
+        hidden states entering that layer: returns ``(embeddings, prefix states [p, H], [states of each
+        row after the prefix])`` (see :mod:`searchr3.trunk`)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: padding stays small
         out = torch.empty((len(ids), self.hidden_size), dtype=torch.float32)
+        states: list[torch.Tensor | None] = [None] * len(ids)
+        prefix_states = torch.empty((0, self.hidden_size))
         # Every text of a kind starts with the same prompt (system turn, instruction: 42 tokens of the
         # built-in model's document prompt). Its keys and values are computed once per call and each
         # batch runs only what follows (transformers' prefix caching is for generate(), not for this).
         prefix = shared_prefix(ids) if len(ids) > 1 else 0
         shared = None
-        if prefix >= MIN_SHARED_PREFIX:
-            decoder, _ = self.decoder_and_head()
-            with self.autocast():
-                shared = (decoder(input_ids=torch.tensor([ids[0][:prefix]], device=self.device), use_cache=True).past_key_values, prefix)
-        else:
-            prefix = 0
-        starts = range(0, len(ids), batch_size)
-        for s in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
-            rows = order[s : s + batch_size]
-            batch = {k: v.to(self.device) for k, v in self.collate([ids[i][prefix:] for i in rows]).items()}
-            with self.autocast():
-                h = self.hidden_at(batch["input_ids"], batch["attention_mask"], batch["embed_index"], prefix=shared)
-            out[rows] = h.float().cpu()
+        with self._layer_inputs(capture) as seen:
+            if prefix >= MIN_SHARED_PREFIX:
+                decoder, _ = self.decoder_and_head()
+                with self.autocast():
+                    shared = (decoder(input_ids=torch.tensor([ids[0][:prefix]], device=self.device), use_cache=True).past_key_values, prefix)
+                if capture is not None:
+                    prefix_states = seen.pop()[0].cpu()
+            else:
+                prefix = 0
+            starts = range(0, len(ids), batch_size)
+            for s in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
+                rows = order[s : s + batch_size]
+                batch = {k: v.to(self.device) for k, v in self.collate([ids[i][prefix:] for i in rows]).items()}
+                with self.autocast():
+                    h = self.hidden_at(batch["input_ids"], batch["attention_mask"], batch["embed_index"], prefix=shared)
+                out[rows] = h.float().cpu()
+                if capture is not None:
+                    x = seen.pop().cpu()
+                    for j, i in enumerate(rows):
+                        states[i] = x[j, : len(ids[i]) - prefix].clone()
+        return out if capture is None else (out, prefix_states, states)
+
+    @torch.no_grad()
+    def encode_from_layer(self, layer: int, prefix_states: torch.Tensor, states: Sequence[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
+        """Embeddings (unnormalised, fp32) from hidden states that enter decoder layer ``layer``: each row
+        is ``prefix_states`` followed by its ``states`` (as :meth:`_encode_ids` with ``capture`` returns
+        them), run through layers ``layer..`` and the final norm only. Equal to the full forward as long
+        as the layers below ``layer`` have not changed since the states were taken."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        decoder, _ = self.decoder_and_head()
+        if not 0 <= layer < len(decoder.layers):
+            raise ValueError(f"layer must be in [0, {len(decoder.layers)}), got {layer}")
+        out = torch.empty((len(states), self.hidden_size), dtype=torch.float32)
+        order = sorted(range(len(states)), key=lambda i: -len(states[i]))
+        p = len(prefix_states)
+        everything = decoder.layers
+        # The decoder runs its own layer list on inputs_embeds (rotary positions and the causal mask as
+        # usual); for this call the list is the top layers only, so no model internals are called here.
+        decoder.layers = torch.nn.ModuleList(list(everything)[layer:])
+        try:
+            for s in range(0, len(states), batch_size):
+                rows = order[s : s + batch_size]
+                width = p + len(states[rows[0]])
+                x = torch.zeros((len(rows), width, self.hidden_size), dtype=states[rows[0]].dtype)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for j, i in enumerate(rows):
+                    n = p + len(states[i])
+                    x[j, :p], x[j, p:n], mask[j, :n] = prefix_states, states[i], 1
+                with self.autocast():
+                    h = decoder(inputs_embeds=x.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+                out[rows] = h[torch.arange(len(rows)), mask.sum(1).to(h.device) - 1].float().cpu()
+        finally:
+            decoder.layers = everything
         return out
 
     def _finish(self, emb: torch.Tensor, single: bool, normalize: bool, convert_to_numpy: bool, convert_to_tensor: bool):

@@ -219,3 +219,41 @@ def test_plot_curves_draws_a_tuple_of_keys_in_one_panel(tmp_path):
         assert png[:4] == b"\x89PNG"
         heights[name] = int.from_bytes(png[20:24], "big")  # the IHDR height: 2.2 inches at 100 dpi per panel
     assert heights == {"three": 660, "two": 440}
+
+
+def test_top_layer_adapter_refreshes_through_the_cached_trunk(tiny_model_dir, beir_dir, tmp_path):
+    """With ``lora_layers`` = 1 of 2, only the top layer trains, the documents' states entering it are
+    cached, and every row the environment re-encodes equals the full forward of the current weights."""
+    from searchr3.env import model_encoder
+
+    cfg = tiny_rl_config(tmp_path / "r", tiny_model_dir, beir_dir, steps=2, lora_layers=1)
+    trainer = GRPOTrainer(cfg)
+    assert trainer.first_adapted == 1 and trainer.trunk is not None and len(trainer.trunk.states) == len(trainer.doc_ids)
+    assert list((tmp_path / "r" / "corpus-embeddings").glob("trunk-*.safetensors")) and list((tmp_path / "r" / "corpus-embeddings").glob("*.npz"))
+    names = [n for n, p in trainer.model.model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.1." in n for n in names)  # the adapter is on the top layer only
+    trainer.train()
+    assert [json.loads(r)["encoded"] for r in (tmp_path / "r" / "log.jsonl").read_text().splitlines()][1] > 0
+    full = model_encoder(trainer.model, trainer.doc_texts, max_length=cfg.doc_max_length)
+    every = list(range(trainer.env.size))
+    now = full(every)
+    np.testing.assert_allclose(trainer.env.encode(every), now, atol=1e-5)  # the trained weights, through the trunk
+    with trainer.model.model.disable_adapter():
+        assert np.abs(now - full(every)).max() > 1e-4  # training moved the documents: the check above has teeth
+    again = GRPOTrainer(tiny_rl_config(tmp_path / "r2", tiny_model_dir, beir_dir, lora_layers=1), corpus_cache=tmp_path / "r" / "corpus-embeddings")
+    assert all(torch.equal(a, b) for a, b in zip(again.trunk.states, trainer.trunk.states))  # read back from the cache
+
+
+def test_fresh_nce_negatives_leave_the_stale_rows_out(tiny_model_dir, beir_dir, tmp_path):
+    """``nce_negatives="fresh"``: the contrastive term sees only rows re-encoded with the current weights.
+    Step 1 reads the initial model's own index (every row is fresh: the same set as "all"); step 2's
+    candidates are partly stale, and fewer rows reach the term."""
+    rows = {}
+    for kind in ("all", "fresh"):
+        train_rl(tiny_rl_config(tmp_path / kind, tiny_model_dir, beir_dir, steps=2, nce_negatives=kind))
+        rows[kind] = [json.loads(r) for r in (tmp_path / kind / "log.jsonl").read_text().splitlines()]
+    assert rows["fresh"][0]["nce_docs"] == rows["all"][0]["nce_docs"]
+    assert rows["fresh"][0]["nce"] == pytest.approx(rows["all"][0]["nce"])
+    assert 0 < rows["fresh"][1]["nce_docs"] < rows["all"][1]["nce_docs"]
+    with pytest.raises(ValueError, match="nce_negatives"):
+        GRPOConfig(nce_negatives="stale")

@@ -9,7 +9,7 @@ import typer
 _G, _E = "searchr3.grpo:GRPOConfig", "searchr3.env:EnvConfig"
 DEFAULTS = {
     **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "reward", "lr",
-                                     "lr_schedule", "kl_coef", "nce_coef", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
+                                     "lr_schedule", "lora_layers", "kl_coef", "nce_coef", "nce_negatives", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
     **{name: (_E, name) for name in ("refresh", "neighbours", "max_age", "limit_penalty", "repair_all", "repair_margin", "repair_clearance", "full_at_drift")},
 }
 CLI_ONLY = {"resume", "eval_data", "eval_docs", "eval_init"}
@@ -27,8 +27,10 @@ def rl(
     reward: str = typer.Option("gain", "--reward", help="gain: nDCG minus the direct embedding's (reasoning earns what it adds); ndcg: nDCG alone."),
     lr: float = typer.Option(5e-5, "--lr"),
     lr_schedule: str = typer.Option("linear", "--lr-schedule", help="linear: decay from --lr to lr/steps at the last step; constant."),
+    lora_layers: int = typer.Option(12, "--lora-layers", min=0, help="The adapter trains the top N decoder layers only (0 = all); the documents' states below them are cached, so a refresh runs N layers."),
     kl_coef: float = typer.Option(0.04, "--kl-coef", min=0),
     nce_coef: float = typer.Option(0.5, "--nce-coef", min=0, help="Weight of the contrastive term on rollout embeddings."),
+    nce_negatives: str = typer.Option("all", "--nce-negatives", help="The contrastive term's negatives: all of the step's candidates, or only the fresh ones (re-encoded with the current weights this step)."),
     limit_penalty: float = typer.Option(0.5, "--limit-penalty", min=0, help="Reward penalty of a rollout that hits the length limit without the token."),
     refresh: str = typer.Option("lazy", "--refresh", help="Index refresh policy: none, local, lazy (re-encode what each step reads) or full."),
     neighbours: int = typer.Option(2, "--neighbours", min=0, help="Graph neighbours refreshed per touched document (local)."),
@@ -59,7 +61,7 @@ def rl(
             raise UsageError(f"data folder {folder} does not exist")
     cfg = build_config(
         GRPOConfig, out=str(out), init=init, data=str(data), split=split, steps=steps, queries_per_step=queries_per_step,
-        group=group, max_new_tokens=max_new_tokens, reward=reward, lr=lr, lr_schedule=lr_schedule, kl_coef=kl_coef, nce_coef=nce_coef,
+        group=group, max_new_tokens=max_new_tokens, reward=reward, lr=lr, lr_schedule=lr_schedule, lora_layers=lora_layers, kl_coef=kl_coef, nce_coef=nce_coef, nce_negatives=nce_negatives,
         doc_max_length=doc_max_length, corpus_limit=corpus_limit, save_every=save_every, seed=seed, bf16=bf16,
         env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age, limit_penalty=limit_penalty,
                          repair_all=repair_all, repair_margin=repair_margin, repair_clearance=repair_clearance, full_at_drift=full_at_drift),
