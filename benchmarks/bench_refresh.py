@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--train-policy", default="lazy-deciding", choices=sorted(POLICIES), help="the run's own policy (lazy-deciding: train rl's default)")
     ap.add_argument("--shadows", default=",".join(POLICIES), help="policies scored beside the run, comma-separated")
     ap.add_argument("--truth-at", default="1,10,25,50", help="steps at which the whole corpus is re-encoded as the truth")
+    ap.add_argument("--seed", type=int, default=0, help="the run's seed (queries drawn, rollouts sampled)")
     ap.add_argument("--work", default="/tmp/searchr3-bench-refresh", help="scratch run folder")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--name", default="refresh", help="stem of the output files")
@@ -99,7 +100,7 @@ def main() -> None:
 
     env_cfg = EnvConfig(**POLICIES[args.train_policy])
     cfg = GRPOConfig(out=args.work, init=args.init, data=args.data, steps=args.steps, queries_per_step=args.queries,
-                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, lr_schedule=args.lr_schedule, nce_coef=args.nce_coef, nce_negatives=args.nce_negatives, lora_layers=args.lora_layers, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9,
+                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, lr_schedule=args.lr_schedule, nce_coef=args.nce_coef, nce_negatives=args.nce_negatives, lora_layers=args.lora_layers, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9, seed=args.seed,
                      env=env_cfg, show_progress_bar=False)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a scratch run folder: a run folder is never reused without --resume
@@ -189,7 +190,7 @@ def main() -> None:
     result = {
         "setup": {"data": args.data, "corpus_docs": n, "training_queries": len(trainer.queries), "doc_max_length": cfg.doc_max_length,
                   "steps": args.steps, "queries_per_step": args.queries, "group": args.group, "max_new_tokens": args.max_new_tokens,
-                  "lr": args.lr, "lr_schedule": args.lr_schedule, "nce_coef": args.nce_coef, "nce_negatives": args.nce_negatives, "lora_layers": args.lora_layers, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
+                  "lr": args.lr, "lr_schedule": args.lr_schedule, "seed": args.seed, "nce_coef": args.nce_coef, "nce_negatives": args.nce_negatives, "lora_layers": args.lora_layers, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
                   "env": asdict(env_cfg), "policies": POLICIES, "truth_at": sorted(truth_at), "seconds": seconds,
                   "init_seconds": init_seconds},
         "policies": policies,
