@@ -278,7 +278,7 @@ class RetrievalEnv:
         cfg = self.config
         pos_maps = self._positions(queries, positives)
         if cfg.refresh == "lazy" or (cfg.refresh == "local" and cfg.fresh_positives):
-            self.update(sorted(set(self._stale(p for pos in pos_maps for p in pos))))
+            self.update(sorted(set(self.stale(p for pos in pos_maps for p in pos))))
         if cfg.refresh == "lazy":
             read = query_embeddings if direct is None else np.concatenate([query_embeddings, direct])
             self._repair(read, pos_maps if direct is None else pos_maps + pos_maps)
@@ -352,13 +352,13 @@ class RetrievalEnv:
             ranked = self.search(query_embeddings, self.config.candidates)
             stale: set[int] = set()
             for q, row, pos in zip(query_embeddings, ranked.tolist(), pos_maps):
-                stale.update(self.unclear(q, self._stale(self.deciding(row, pos)), pos))
-            stale.update(self._stale(self.within_reach(query_embeddings, ranked, pos_maps)))
+                stale.update(self.unclear(q, self.stale(self.deciding(row, pos)), pos))
+            stale.update(self.stale(self.within_reach(query_embeddings, ranked, pos_maps)))
             if not stale:
                 return
             self.update(sorted(stale))
 
-    def _stale(self, rows: Iterable[int]) -> list[int]:
+    def stale(self, rows: Iterable[int]) -> list[int]:
         """Those of ``rows`` encoded by older weights than the current version."""
         return [d for d in rows if self.versions[d] < self.version]
 
@@ -499,14 +499,8 @@ def model_encoder(model, texts: Sequence[str], batch_size: int = 16, show_progre
     in eval mode and at ``max_length`` tokens (default: the model's)."""
 
     def encode(positions: list[int]) -> np.ndarray:
-        was_training, saved_length = model.model.training, model.max_length
-        model.model.eval()
-        model.max_length = max_length or saved_length
-        try:
+        with model.evaluating(max_length):
             return model.encode_document([texts[i] for i in positions], batch_size=batch_size,
                                          show_progress_bar=show_progress_bar and len(positions) > 4 * batch_size)
-        finally:
-            model.model.train(was_training)
-            model.max_length = saved_length
 
     return encode

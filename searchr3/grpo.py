@@ -359,8 +359,10 @@ class GRPOTrainer:
             ref_logp, _, _ = sequence_logprobs(m, ro.prompt_ids, comp)
         loss, pg, kl = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, cfg.clip_eps, cfg.kl_coef)
         # Candidates of the whole step (as one process sees them); this rank's rows are its rollouts.
-        positives = {d for p in res.positives for d in p}
-        docs = sorted({d for c in res.candidates for d in c if cfg.nce_negatives == "all" or env.versions[d] == env.version} | positives)
+        candidates = {d for c in res.candidates for d in c}
+        if cfg.nce_negatives == "fresh":
+            candidates -= set(env.stale(candidates))
+        docs = sorted(candidates | {d for p in res.positives for d in p})
         col = {d: j for j, d in enumerate(docs)}
         best = torch.tensor([col[max(p, key=lambda d: (p[d], -d))] for p in res.positives[lo:hi]], device=dev)
         nce = info_nce(emb, torch.from_numpy(env.emb[docs]).to(dev), best, cfg.nce_temperature)

@@ -336,6 +336,19 @@ class SearchR3:
 
     # ------------------------------------------------------------------ direct encoding
     @contextlib.contextmanager
+    def evaluating(self, max_length: int | None = None) -> Iterator["SearchR3"]:
+        """Eval mode and, if given, ``max_length`` tokens for the block; both restored after it (the
+        trainers encode their corpus between updates, at the environment's document length)."""
+        was_training, saved_length = self.model.training, self.max_length
+        self.model.eval()
+        self.max_length = max_length or saved_length
+        try:
+            yield self
+        finally:
+            self.model.train(was_training)
+            self.max_length = saved_length
+
+    @contextlib.contextmanager
     def _layer_inputs(self, layer: int | None) -> Iterator[list[torch.Tensor]]:
         """While active, every forward appends the hidden states entering decoder layer ``layer`` to the
         yielded list (nothing is recorded when ``layer`` is None)."""

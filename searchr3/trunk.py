@@ -20,16 +20,15 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from .env import Encode
 from .io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-
-Encode = Callable[[list[int]], np.ndarray]
 
 
 class TrunkCacheWarning(UserWarning):
@@ -62,17 +61,11 @@ class DocumentTrunk:
     ) -> tuple["DocumentTrunk", np.ndarray]:
         """The trunk of ``texts`` as documents and, from the same forward passes, their normalised direct
         embeddings (equal to ``model.encode_document``'s)."""
-        was_training, saved_length = model.model.training, model.max_length
-        model.model.eval()
-        model.max_length = max_length or saved_length
-        try:
+        with model.evaluating(max_length):
             ids = model.prompt_ids(list(texts), "document")
             emb, prefix, states = model._encode_ids(
                 ids, batch_size, show_progress_bar, "encode documents (and keep their trunk)", capture=layer
             )
-        finally:
-            model.model.train(was_training)
-            model.max_length = saved_length
         return cls(layer, prefix, states), torch.nn.functional.normalize(emb, dim=-1).numpy()
 
     def encoder(self, model, batch_size: int = 16) -> Encode:
@@ -80,12 +73,8 @@ class DocumentTrunk:
         embeddings from the current weights of the layers from ``layer`` up, in eval mode."""
 
         def encode(positions: list[int]) -> np.ndarray:
-            was_training = model.model.training
-            model.model.eval()
-            try:
+            with model.evaluating():
                 emb = model.encode_from_layer(self.layer, self.prefix, [self.states[i] for i in positions], batch_size)
-            finally:
-                model.model.train(was_training)
             return torch.nn.functional.normalize(emb, dim=-1).numpy()
 
         return encode
