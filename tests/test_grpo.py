@@ -187,6 +187,13 @@ def test_config_rejects_bad_values():
         GRPOConfig(steps=0)
     with pytest.raises(ValueError, match="lr_schedule"):
         GRPOConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="lora_layers must be >= 0"):
+        GRPOConfig(lora_layers=-1)
+
+
+def test_cli_rejects_a_bad_contrastive_negatives_choice(tiny_model_dir, beir_dir, tmp_path, cli):
+    cli(*_args(tmp_path / "r", tiny_model_dir, beir_dir, 1, "--nce-negatives", "stale")).assert_bad_input("nce_negatives must be 'all' or 'fresh'")
+    assert not (tmp_path / "r").exists()  # refused before the run folder is written
 
 
 def test_cli_help(cli):
