@@ -368,6 +368,20 @@ class SearchR3:
             handle.remove()
 
     @torch.no_grad()
+    def _prefix_cache(self, ids: Sequence[Sequence[int]]) -> tuple[DynamicCache, int] | None:
+        """``(keys and values, length)`` of the token prefix every row of ``ids`` starts with, run once,
+        or None when it is shorter than :data:`MIN_SHARED_PREFIX`. Every text of a kind starts with the
+        same prompt (system turn, instruction: 42 tokens of the built-in model's document prompt, 41 of
+        its reasoning prompt), so each batch then runs only what follows (transformers' prefix caching
+        is for ``generate()``, which the reasoning path cannot use, see :meth:`_generate`)."""
+        n = shared_prefix(ids) if len(ids) > 1 else 0
+        if n < MIN_SHARED_PREFIX:
+            return None
+        decoder, _ = self.decoder_and_head()
+        with self.autocast():
+            return decoder(input_ids=torch.tensor([list(ids[0][:n])], device=self.device), use_cache=True).past_key_values, n
+
+    @torch.no_grad()
     def _encode_ids(self, ids: list[list[int]], batch_size: int, show_progress_bar: bool, desc: str, capture: int | None = None):
         """Embeddings (unnormalised, fp32) of prompt id lists. With ``capture`` = a layer index, also the
         hidden states entering that layer: returns ``(embeddings, prefix states [p, H], [states of each
@@ -378,20 +392,11 @@ class SearchR3:
         out = torch.empty((len(ids), self.hidden_size), dtype=torch.float32)
         states: list[torch.Tensor | None] = [None] * len(ids)
         prefix_states = torch.empty((0, self.hidden_size))
-        # Every text of a kind starts with the same prompt (system turn, instruction: 42 tokens of the
-        # built-in model's document prompt). Its keys and values are computed once per call and each
-        # batch runs only what follows (transformers' prefix caching is for generate(), not for this).
-        prefix = shared_prefix(ids) if len(ids) > 1 else 0
-        shared = None
         with self._layer_inputs(capture) as seen:
-            if prefix >= MIN_SHARED_PREFIX:
-                decoder, _ = self.decoder_and_head()
-                with self.autocast():
-                    shared = (decoder(input_ids=torch.tensor([ids[0][:prefix]], device=self.device), use_cache=True).past_key_values, prefix)
-                if capture is not None:
-                    prefix_states = seen.pop()[0].cpu()
-            else:
-                prefix = 0
+            shared = self._prefix_cache(ids)
+            prefix = shared[1] if shared else 0
+            if shared and capture is not None:
+                prefix_states = seen.pop()[0].cpu()
             starts = range(0, len(ids), batch_size)
             for s in tqdm(starts, desc=desc, disable=not show_progress_bar, unit="batch"):
                 rows = order[s : s + batch_size]
@@ -585,12 +590,13 @@ class SearchR3:
         emb = torch.empty((len(items), self.hidden_size), dtype=torch.float32)
         completions: list[list[int]] = [[] for _ in items]
         emitted = [False] * len(items)
+        shared = self._prefix_cache(prompts)
         starts = range(0, len(items), batch_size)
         for s in tqdm(starts, desc="reason queries", disable=not show_progress_bar, unit="batch"):
             rows = order[s : s + batch_size]
             generator = [generators[i] for i in rows] if per_text else generators[0] if generators else None
             h, comp, emit = self._generate(
-                [prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator, penalty, min_new_tokens
+                [prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator, penalty, min_new_tokens, shared
             )
             emb[rows] = h
             for j, i in enumerate(rows):
@@ -612,8 +618,10 @@ class SearchR3:
         generator: torch.Generator | list[torch.Generator] | None,
         repetition_penalty: float = 1.0,
         min_new_tokens: int = 0,
+        prefix: tuple[DynamicCache, int] | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
-        """Batched generation with the KV cache.
+        """Batched generation with the KV cache. ``prefix``: (keys and values, length) of the head every
+        prompt starts with (:meth:`_prefix_cache`); the prompts' remainders are then left-padded after it.
 
         Written as a small loop rather than ``model.generate`` because the embedding is the hidden
         state *of* the final token, which ``generate`` never computes (it stops after sampling it),
@@ -621,11 +629,17 @@ class SearchR3:
         """
         decoder, lm_head = self.decoder_and_head()
         dev = self.device
-        batch = self.collate(prompts, left=True)
+        head = prefix[1] if prefix else 0
+        batch = self.collate([p[head:] for p in prompts], left=True)
         ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
         n = ids.shape[0]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        positions = head + (mask.cumsum(-1) - 1).clamp(min=0)
+        if prefix:
+            cache = copy.deepcopy(prefix[0])
+            cache.batch_repeat_interleave(n)
+            mask = torch.cat([mask.new_ones((n, head)), mask], 1)
+        else:
+            cache = DynamicCache()
         stops = torch.tensor(self.stop_token_ids(), dtype=torch.long, device=dev)
         embed = torch.full((n,), self.embed_token_id, dtype=torch.long, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)

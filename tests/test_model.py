@@ -161,6 +161,28 @@ def test_reasoning_cache_matches_reencoding_the_whole_text(tiny):
         assert torch.allclose(r.embeddings[i], full_forward_hidden(tiny, prompt + comp), atol=1e-4)
 
 
+def test_reasoning_runs_the_shared_prompt_head_once_and_changes_nothing(tiny, monkeypatch):
+    """The reasoning prompts' common head is run once per call and its keys and values reused by every
+    batch (the remainders left-padded after it): same greedy text and embeddings as without it."""
+    import searchr3.model as model_module
+
+    prompts = tiny.prompt_ids(TEXTS, "query", reasoning=True)
+    head = model_module.shared_prefix(prompts)
+    assert head >= model_module.MIN_SHARED_PREFIX  # the path under test is taken
+    seen = []
+    hook = tiny.decoder_and_head()[0].register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        shared = tiny.reason(TEXTS, max_new_tokens=6, normalize_embeddings=False, batch_size=3)
+    finally:
+        hook.remove()
+    assert seen[0] == (1, head)  # the head, once
+    assert seen[1] == (3, max(map(len, prompts)) - head)  # the first batch (the longest prompts): only what follows the head
+    monkeypatch.setattr(model_module, "MIN_SHARED_PREFIX", 10**6)  # every batch runs its whole prompts
+    plain = tiny.reason(TEXTS, max_new_tokens=6, normalize_embeddings=False, batch_size=3)
+    assert shared.completion_ids == plain.completion_ids and shared.emitted == plain.emitted
+    assert torch.allclose(shared.embeddings, plain.embeddings, atol=1e-5)
+
+
 def test_sampling_is_reproducible_with_seed(tiny):
     a = tiny.reason(TEXTS, max_new_tokens=5, do_sample=True, seed=7)
     b = tiny.reason(TEXTS, max_new_tokens=5, do_sample=True, seed=7)
