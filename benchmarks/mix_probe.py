@@ -8,6 +8,11 @@ reasoning off, w = 0 reasoning on) -- the same arithmetic as ``encode_query(reas
 (:func:`searchr3.model.mix_embeddings`). nDCG@10 per set, the spread across queries, emit rate,
 tokens and seconds per query of each rollout setting.
 
+``oracle-keywords`` is an upper bound, not a query mode: instead of generating, each query gets the
+keyword trace stage 1 teaches (:func:`searchr3.traces.keyword_traces`) built from its own best-judged
+passage -- the trace a perfect writer would produce. It separates "the embedding cannot use a trace"
+from "the model cannot write the right one".
+
     python benchmarks/mix_probe.py runs/sft-r/final --out benchmarks/results/mix_probe_sft_r.json
 """
 
@@ -30,7 +35,26 @@ SETTINGS = {
     "greedy-min16": dict(samples=1, min_new_tokens=16),
     "sample4-t0.7": dict(samples=4, temperature=0.7),
     "sample4-t0.7-min16": dict(samples=4, temperature=0.7, min_new_tokens=16),
+    "oracle-keywords": dict(samples=1, oracle=True),
 }
+
+
+def oracle_rollouts(m, ds, qids, texts, batch_size):
+    """Each query embedded after the keyword trace of its best-judged passage (the upper bound above)."""
+    import torch
+
+    from searchr3.data.beir import doc_text
+    from searchr3.model import Rollouts
+    from searchr3.traces import keyword_traces
+
+    best = [max(ds.qrels[q], key=lambda d: (ds.qrels[q][d], d)) for q in qids]
+    pairs = [(t, doc_text(ds.corpus[d])) for t, d in zip(texts, best)]
+    traces = keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
+    heads = m.prompt_ids(texts, "query", reasoning=True)
+    seqs = [h + traces[t] for h, t in zip(heads, texts)]
+    emb = torch.nn.functional.normalize(m._encode_ids(seqs, batch_size, False, "oracle traces"), dim=-1)
+    comps = [traces[t] for t in texts]
+    return Rollouts(emb, [m.tokenizer.decode(c[:-1]) for c in comps], heads, comps, [True] * len(texts))
 
 
 def main() -> None:
@@ -84,7 +108,10 @@ def main() -> None:
                 gen["do_sample"] = True
                 gen["seed"] = 0
             t0 = time.perf_counter()
-            ro = m.reason([t for t in texts for _ in range(samples)], batch_size=args.batch_size, **gen)
+            if gen.pop("oracle", False):
+                ro = oracle_rollouts(m, ds, qids, texts, args.batch_size)
+            else:
+                ro = m.reason([t for t in texts for _ in range(samples)], batch_size=args.batch_size, **gen)
             seconds = (time.perf_counter() - t0) / len(qids)
             reasoned = ro.embeddings.view(len(qids), samples, -1).mean(1)
             mixes = {}
