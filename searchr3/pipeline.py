@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_docs": 0,
         "eval_queries": 0,
         "eval_max_length": 0,
-        "sft": {"max_steps": 170, "batch_size": 16, "eval_every": 50, "save_every": 10},
+        "sft": {"max_steps": 240, "batch_size": 16, "eval_every": 60, "save_every": 10},
         "rl": {},
     },
 }
