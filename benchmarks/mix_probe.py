@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 # name -> reasoning settings (as encode_query takes them)
 SETTINGS = {
     "greedy": dict(samples=1),
+    "greedy-rp1.3": dict(samples=1, repetition_penalty=1.3),
     "greedy-min16": dict(samples=1, min_new_tokens=16),
     "sample4-t0.7": dict(samples=4, temperature=0.7),
     "sample4-t0.7-min16": dict(samples=4, temperature=0.7, min_new_tokens=16),
