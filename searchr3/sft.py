@@ -873,6 +873,12 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
 
         # The reasoning turn starts with the traces' fixed prefix (saved with the model's prompts).
         m.prompts = replace(m.prompts, reasoning_prefix=KEYWORD_PREFIX)
+    if cfg.traces == "keywords" and m.prompts.repetition_penalty == 1.0:
+        from .traces import KEYWORD_REPETITION_PENALTY
+
+        # Greedy decoding of a term list loops ("cardiomyopathy, cardiomyopathy, ...") until the budget; the
+        # penalty ends the list with the token (benchmarks/results/mix_probe_full10.json).
+        m.prompts = replace(m.prompts, repetition_penalty=KEYWORD_REPETITION_PENALTY)
     # The model is taught traces of at most reasoning_tokens: that is also its length budget when it reasons.
     m.prompts = replace(m.prompts, max_reasoning_tokens=cfg.reasoning_tokens)
     with dist.main_first():  # rank 0 writes traces.jsonl (model traces: generates them), the others read

@@ -69,6 +69,8 @@ def test_training_lowers_the_loss_and_trains_the_token_row(tmp_path, model_dir, 
     base = SearchR3.from_pretrained(model_dir, prompts=PROMPTS, bf16=False)
     trained = SearchR3.from_pretrained(final, bf16=False)
     assert trained.prompts.query_system == "Query."  # prompts travel with the trained model
+    # keyword traces fix the reasoning turn's prefix and the penalty that ends a term list
+    assert (trained.prompts.reasoning_prefix, trained.prompts.repetition_penalty) == ("Key terms:", 1.3)
     tok = trained.embed_token_id
     w0 = base.model.get_input_embeddings().weight
     w1 = trained.model.get_base_model().get_input_embeddings()(torch.arange(w0.shape[0]))
