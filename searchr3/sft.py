@@ -868,16 +868,15 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     has_ckpt = dist.open_folder(folder, resume)
     run = folder.path
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
-    if cfg.traces in ("keywords", "self") and not m.prompts.reasoning_prefix:
-        from .traces import KEYWORD_PREFIX
+    from .traces import KEYWORD_PREFIX, KEYWORD_REPETITION_PENALTY
 
+    if cfg.traces in ("keywords", "self") and not m.prompts.reasoning_prefix:
         # The reasoning turn starts with the traces' fixed prefix (saved with the model's prompts).
         m.prompts = replace(m.prompts, reasoning_prefix=KEYWORD_PREFIX)
     if cfg.traces == "keywords" and m.prompts.repetition_penalty == 1.0:
-        from .traces import KEYWORD_REPETITION_PENALTY
-
         # Greedy decoding of a term list loops ("cardiomyopathy, cardiomyopathy, ...") until the budget; the
-        # penalty ends the list with the token (benchmarks/results/mix_probe_full10.json).
+        # penalty ends the list with the token (benchmarks/results/mix_probe_full10.json). A penalty other than
+        # the default 1.0 in the prompts is kept as given.
         m.prompts = replace(m.prompts, repetition_penalty=KEYWORD_REPETITION_PENALTY)
     # The model is taught traces of at most reasoning_tokens: that is also its length budget when it reasons.
     m.prompts = replace(m.prompts, max_reasoning_tokens=cfg.reasoning_tokens)

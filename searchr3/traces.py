@@ -76,7 +76,7 @@ class KeywordTracer:
 KEYWORD_PREFIX = "Key terms:"
 # Saved with keyword-trained models: on the full preset's model, greedy reasoning with 1.0 / 1.3 emitted the token
 # itself for 0.21 / 1.00 of msmarco-mini's queries and 0.23 / 0.97 of wikiqa-dev's, and its embedding scored 0.05
-# nDCG@10 higher with 1.3 on both (benchmarks/results/mix_probe_full10.json).
+# nDCG@10 higher (reasoning on) with 1.3 on both (benchmarks/results/mix_probe_full10.json).
 KEYWORD_REPETITION_PENALTY = 1.3
 
 
