@@ -21,6 +21,7 @@ def data(tmp_path) -> Path:
     write_beir(tmp_path / "data" / "scifact-2k", docs, queries, qrels)
     write_beir(tmp_path / "data" / "train" / "nq", docs, queries, qrels)
     write_beir(tmp_path / "data" / "train" / "squad", docs, {q: t + " please" for q, t in queries.items()}, qrels)
+    write_beir(tmp_path / "data" / "train" / "wikiqa", docs, {q: t + " now" for q, t in queries.items()}, qrels)
     write_beir(tmp_path / "data" / "msmarco-mini", docs, queries, qrels, split="test")
     write_beir(tmp_path / "data" / "wikiqa-dev", dict(list(docs.items())[:6]), queries, qrels[:6], split="test")
     return tmp_path / "data"
@@ -41,7 +42,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     assert names == [(d, *s) for d in sets for s in systems] + [(d, *s) for d in sets for s in trained]
     assert {r["num_docs"] for r in summary["rows"] if r["dataset"].startswith("wikiqa-dev")} == {6}
     assert json.loads((tmp_path / "run" / "sft" / "config.json").read_text())["config"]["data"] == [
-        str(data / "train" / "nq"), str(data / "train" / "squad")]
+        str(data / "train" / "nq"), str(data / "train" / "squad"), str(data / "train" / "wikiqa")]
     out = tmp_path / "run"
     for f in ("results.md", "results.json", "ndcg.png", "examples.md", "sft/log.jsonl", "rl/reward.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -89,6 +90,10 @@ def test_presets_choose_the_evaluation_corpus(data, tiny_model_dir):
     assert PipelineConfig(data=str(data)).eval_queries == 40 and PipelineConfig(data=str(data), preset="full").eval_queries == 0
     assert PipelineConfig(data=str(data)).eval_max_length == 256 and PipelineConfig(data=str(data), preset="full").eval_max_length == 0
     assert Pipeline(PipelineConfig(data=str(data)))._load(str(tiny_model_dir)).max_length == 256  # the models it evaluates
+    # stage 2's folder: the preset's unless named
+    assert PipelineConfig(data=str(data)).rl_data == str(data / "scifact-2k")
+    assert PipelineConfig(data=str(data), preset="full").rl_data == str(data / "train" / "wikiqa")
+    assert PipelineConfig(data=str(data), preset="full", rl_data=str(data / "scifact-2k")).rl_data == str(data / "scifact-2k")
 
 
 def test_pipeline_config_errors(tmp_path, data):
