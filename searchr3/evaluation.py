@@ -12,6 +12,7 @@ it out of the average).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "default_corpus_cache",
     "dense_retrieve",
     "encode_corpus",
+    "encode_queries",
     "evaluate_bm25",
     "evaluate_encoder",
     "format_table",
@@ -152,8 +154,12 @@ def evaluate_encoder(
     corpus_embeddings: CorpusEmbeddings | None = None,
     per_query: bool = False,
     generation: Mapping[str, Any] | None = None,
+    queries: tuple[np.ndarray, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Encode judged queries (and the corpus unless ``corpus_embeddings`` is given) and score them.
+
+    ``queries``: the judged queries' embeddings in this mode and their stats (``seconds`` included),
+    as :func:`encode_queries` returns them, when they were encoded already.
 
     ``generation``: settings of the reasoning modes (``samples``, ``mix_weight``, ``temperature``, ...
     as :meth:`searchr3.SearchR3.encode_query` takes them); recorded in the row.
@@ -169,19 +175,11 @@ def evaluate_encoder(
     elif corpus_embeddings.doc_ids != list(dataset.corpus):
         raise ValueError("corpus_embeddings were computed for a different corpus")
     qids = _judged_ids(dataset)
-    start = time.perf_counter()
-    texts = [dataset.queries[q] for q in qids]
-    stats: dict[str, Any] = {}
-    gen = dict(generation or {}) if reasoning else {}
-    if hasattr(encoder, "encode_query_with_stats"):  # a searchr3 model: also report what reasoning did
-        query_emb, stats = encoder.encode_query_with_stats(
-            texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning, **gen
-        )
-        if gen:
-            stats["generation"] = gen
-    else:
-        query_emb = encoder.encode_query(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=reasoning)
-    query_seconds = time.perf_counter() - start
+    if queries is None:
+        queries = encode_queries(encoder, [dataset.queries[q] for q in qids], [reasoning], generation, batch_size, show_progress_bar)[mode_label(reasoning)]
+    query_emb, stats = queries
+    stats = dict(stats)
+    query_seconds = stats.pop("seconds")
     query_emb = as_numpy(query_emb)
     _check_embeddings(query_emb, len(qids), "query")
     start = time.perf_counter()
@@ -199,6 +197,38 @@ def evaluate_encoder(
         corpus_seconds=corpus_embeddings.seconds,
         **stats,
     )
+
+
+def encode_queries(
+    encoder: Encoder,
+    texts: Sequence[str],
+    modes: Sequence[bool | str],
+    generation: Mapping[str, Any] | None = None,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """``texts`` embedded in each query mode, keyed "off"/"on"/"mix": (embeddings, stats with ``seconds``).
+
+    A searchr3 model encodes the modes together (:meth:`searchr3.SearchR3.encode_query_modes`: one set
+    of rollouts for "on" and "mix"); ``generation`` (reasoning settings) is recorded in the stats of
+    the reasoning modes."""
+    gen = dict(generation or {})
+    wanted = {mode_label(m): m for m in modes}
+    if hasattr(encoder, "encode_query_modes"):  # a searchr3 model: also report what reasoning did
+        reasoning = [m for k, m in wanted.items() if k != "off"]
+        out = encoder.encode_query_modes(texts, reasoning, batch_size=batch_size, show_progress_bar=show_progress_bar, **gen) if reasoning else {}
+        if "off" in wanted:
+            out.update(encoder.encode_query_modes(texts, ["off"], batch_size=batch_size, show_progress_bar=show_progress_bar))
+        for k in out:
+            if gen and k != "off":
+                out[k][1]["generation"] = gen
+        return out
+    out = {}
+    for k, m in wanted.items():  # any other encoder: its own encode_query, mode by mode
+        start = time.perf_counter()
+        emb = as_numpy(encoder.encode_query(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, reasoning=m))
+        out[k] = emb, {"seconds": time.perf_counter() - start}
+    return out
 
 
 def evaluate_bm25(
@@ -256,6 +286,14 @@ def run_evaluation(
         cut = f" among the first {max_docs} documents (raise --max-docs)" if max_docs > 0 else ""
         raise DataError(f"no query has a relevant judgment{cut}", Path(data_dir) / "qrels" / f"{split}.tsv")
     corpus_cache: dict[int, CorpusEmbeddings] = {}
+    # Every query mode one encoder is evaluated in with one set of reasoning settings is encoded in one
+    # call (encode_queries): "on" and "mix" rows of a searchr3 model share their rollouts.
+    qids = dataset.judged_query_ids()
+    modes: dict[tuple[int, str], list[bool | str]] = {}
+    for _name, system, reasoning, *settings in systems:
+        if not isinstance(system, str):
+            modes.setdefault((id(system), _settings_key(settings)), []).append(reasoning)
+    query_cache: dict[tuple[int, str], dict[str, tuple[np.ndarray, dict[str, Any]]]] = {}
     rows = []
     for name, system, reasoning, *settings in systems:
         if isinstance(system, str):
@@ -273,6 +311,10 @@ def run_evaluation(
                     show_progress_bar=show_progress_bar,
                     cache_dir=cache_dir,
                 )
+            key = (id(system), _settings_key(settings))
+            if key not in query_cache:
+                texts = [dataset.queries[q] for q in qids]
+                query_cache[key] = encode_queries(system, texts, modes[key], settings[0] if settings else None, batch_size, show_progress_bar)
             result = evaluate_encoder(
                 system,
                 dataset,
@@ -282,10 +324,15 @@ def run_evaluation(
                 k=k,
                 corpus_embeddings=corpus_cache[id(system)],
                 generation=settings[0] if settings else None,
+                queries=query_cache[key][mode_label(reasoning)],
             )
         result.pop("run")
         rows.append({"system": name, "dataset": dataset.name, "split": split, **result})
     return rows
+
+
+def _settings_key(settings: Sequence[Any]) -> str:
+    return json.dumps(dict(settings[0]) if settings and settings[0] else {}, sort_keys=True, default=str)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:

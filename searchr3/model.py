@@ -18,6 +18,7 @@ import copy
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -498,33 +499,67 @@ class SearchR3:
     ) -> tuple[np.ndarray, dict[str, float]]:
         """Normalised query embeddings and what reasoning did: ``emit_rate`` (share of rollouts that wrote
         the token themselves) and ``mean_new_tokens`` (tokens generated per rollout, the token included);
-        both are absent for direct encoding."""
+        both are absent for direct encoding. ``seconds``: the wall time of the call's encoding."""
+        mode = query_mode(reasoning)
+        return self.encode_query_modes(texts, [mode], batch_size=batch_size, show_progress_bar=show_progress_bar, **generation)[mode]
+
+    def encode_query_modes(
+        self, texts: Sequence[str], modes: Sequence[bool | str], *, batch_size: int = 16, show_progress_bar: bool = False, **generation: Any
+    ) -> dict[str, tuple[np.ndarray, dict[str, float]]]:
+        """:meth:`encode_query_with_stats` for several query modes at once, keyed "off"/"on"/"mix": the
+        rollouts of "on" and "mix" are generated once and the direct pass of "off" and "mix" is run once
+        (a greedy rollout is deterministic, so "mix" is exactly its weighted sum with "off"). Each mode's
+        ``seconds`` is the time that mode alone costs: direct pass, rollouts, or both."""
         items, _ = _as_list(texts)
-        emb, stats = self._query_or_document(items, "query", query_mode(reasoning), batch_size, show_progress_bar, **generation)
-        return torch.nn.functional.normalize(emb, dim=-1).numpy(), stats
+        _check_batch_size(batch_size)
+        wanted = list(dict.fromkeys(query_mode(r) for r in modes))
+        out = self._query_modes(items, wanted, batch_size, show_progress_bar, **generation)
+        return {k: (torch.nn.functional.normalize(e, dim=-1).numpy(), st) for k, (e, st) in out.items()}
 
     def _query_or_document(
         self, items: list[str], kind: Kind, mode: str, batch_size: int, show_progress_bar: bool,
         mix_weight: float = 0.6, samples: int = 1, **generation: Any,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        if mode == "off":
+        if kind == "document":
             if generation:
                 raise TypeError(f"generation settings {sorted(generation)} need reasoning=True or 'mix'")
-            ids = self.prompt_ids(items, kind)
-            return self._encode_ids(ids, batch_size, show_progress_bar, "encode queries" if kind == "query" else "encode documents"), {}
+            return self._encode_ids(self.prompt_ids(items, kind), batch_size, show_progress_bar, "encode documents"), {}
+        return self._query_modes(items, [mode], batch_size, show_progress_bar, mix_weight, samples, **generation)[mode]
+
+    def _query_modes(
+        self, items: list[str], modes: list[str], batch_size: int, show_progress_bar: bool,
+        mix_weight: float = 0.6, samples: int = 1, **generation: Any,
+    ) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+        if modes == ["off"] and generation:
+            raise TypeError(f"generation settings {sorted(generation)} need reasoning=True or 'mix'")
         if samples < 1:
             raise ValueError("samples must be >= 1")
         if not 0.0 <= mix_weight <= 1.0:
             raise ValueError("mix_weight must be in [0, 1]")
-        if samples > 1:
-            generation.setdefault("do_sample", True)
-        ro = self.reason([t for t in items for _ in range(samples)], batch_size=batch_size, show_progress_bar=show_progress_bar, **generation)
-        stats = {"emit_rate": float(np.mean(ro.emitted)), "mean_new_tokens": float(np.mean([len(c) for c in ro.completion_ids]))}
-        reasoned = ro.embeddings.view(len(items), samples, -1).mean(1)
-        if mode == "on":
-            return reasoned, stats
-        direct = self._encode_ids(self.prompt_ids(items, "query"), batch_size, False, "encode queries")
-        return mix_embeddings(direct, reasoned, mix_weight), stats
+        out: dict[str, tuple[torch.Tensor, dict[str, float]]] = {}
+        direct = reasoned = None
+        direct_s = reason_s = 0.0
+        stats: dict[str, float] = {}
+        if "off" in modes or "mix" in modes:
+            start = time.perf_counter()
+            direct = self._encode_ids(self.prompt_ids(items, "query"), batch_size, show_progress_bar and modes == ["off"], "encode queries")
+            direct_s = time.perf_counter() - start
+        if "on" in modes or "mix" in modes:
+            if samples > 1:
+                generation.setdefault("do_sample", True)
+            start = time.perf_counter()
+            ro = self.reason([t for t in items for _ in range(samples)], batch_size=batch_size, show_progress_bar=show_progress_bar, **generation)
+            reasoned = ro.embeddings.view(len(items), samples, -1).mean(1)
+            reason_s = time.perf_counter() - start
+            stats = {"emit_rate": float(np.mean(ro.emitted)), "mean_new_tokens": float(np.mean([len(c) for c in ro.completion_ids]))}
+        for mode in modes:
+            if mode == "off":
+                out[mode] = direct, {"seconds": direct_s}
+            elif mode == "on":
+                out[mode] = reasoned, {**stats, "seconds": reason_s}
+            else:
+                out[mode] = mix_embeddings(direct, reasoned, mix_weight), {**stats, "seconds": direct_s + reason_s}
+        return out
 
     def encode_document(self, texts: str | Sequence[str], **kwargs: Any):
         """Embed documents (always direct: one forward pass)."""

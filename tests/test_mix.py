@@ -201,6 +201,39 @@ def test_mix_mode_is_the_weighted_sum_of_direct_and_reasoning(tiny):
         tiny.encode_query(qs, reasoning="mix", mix_weight=1.5)
 
 
+def test_query_modes_together_equal_one_by_one_and_generate_once(tiny, tmp_path, monkeypatch):
+    from searchr3.evaluation import run_evaluation
+
+    qs = ["paris france", "heart blood", "cat mat"]
+    alone = {
+        m: tiny.encode_query_with_stats(qs, reasoning=m, **({} if m == "off" else {"max_new_tokens": 4}))[0]
+        for m in ("off", "on", "mix")
+    }
+    calls = []
+    reason = type(tiny).reason
+    monkeypatch.setattr(type(tiny), "reason", lambda self, texts, **kw: calls.append(len(texts)) or reason(self, texts, **kw))
+    together = tiny.encode_query_modes(qs, [False, True, "mix"], max_new_tokens=4)
+    assert calls == [3] and list(together) == ["off", "on", "mix"]  # one set of rollouts for "on" and "mix"
+    for m, (emb, stats) in together.items():
+        assert np.allclose(emb, alone[m], atol=1e-5), m
+        assert stats["seconds"] > 0 and ("emit_rate" in stats) == (m != "off")
+    assert together["mix"][1]["seconds"] == pytest.approx(together["on"][1]["seconds"] + together["off"][1]["seconds"])
+    # The evaluation encodes an encoder's modes together too, and reports each mode's own cost.
+    docs = {f"d{i}": f"The {q} is here." for i, q in enumerate(qs)}
+    write_beir(
+        tmp_path / "set", docs, {f"q{i}": q for i, q in enumerate(qs)}, [(f"q{i}", f"d{i}", 1) for i in range(3)], split="test"
+    )
+    calls.clear()
+    rows = run_evaluation(
+        tmp_path / "set",
+        "test",
+        [("m", tiny, False), ("m", tiny, True, {"max_new_tokens": 4}), ("m", tiny, "mix", {"max_new_tokens": 4})],
+    )
+    assert calls == [3] and [r["reasoning"] for r in rows] == [False, True, "mix"]
+    assert rows[2]["seconds_per_query"] > rows[1]["seconds_per_query"] and rows[1]["generation"] == {"max_new_tokens": 4}
+    assert "seconds" not in rows[0] and rows[1]["emit_rate"] == rows[2]["emit_rate"]
+
+
 def test_reasoning_prefix_starts_the_turn_and_the_repetition_penalty_is_checked(tiny_model_dir):
     m = SearchR3.from_pretrained(tiny_model_dir, prompts=PROMPTS, bf16=False)
     plain_tail = m.template("query", True).tail

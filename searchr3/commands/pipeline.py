@@ -35,7 +35,9 @@ def pipeline(
     out: Annotated[Path, typer.Option(help="Run folder; an interrupted pipeline resumes from it.")] = Path("runs/pipeline"),
     data: Annotated[
         Path,
-        typer.Option(help="Folder holding msmarco-mini and wikiqa-dev (evaluation), train/ (stage 1) and the RL folder (stage 2: scifact-2k for quick, train/wikiqa for full)."),
+        typer.Option(
+            help="Folder holding msmarco-mini and wikiqa-dev (evaluation), train/ (stage 1) and the RL folder (stage 2: scifact-2k for quick, train/wikiqa for full)."
+        ),
     ] = Path("../shared/data"),
     eval_data: Annotated[
         Optional[list[Path]],
@@ -46,7 +48,10 @@ def pipeline(
         typer.Option(help="BEIR folder for stage 1 (split train); repeatable; default the folders of DATA/train."),
     ] = None,
     rl_data: Annotated[
-        Optional[Path], typer.Option(help="BEIR folder for stage 2 (split train); default the preset's: DATA/scifact-2k (quick), DATA/train/wikiqa (full).")
+        Optional[Path],
+        typer.Option(
+            help="BEIR folder for stage 2 (split train); default the preset's: DATA/scifact-2k (quick), DATA/train/wikiqa (full)."
+        ),
     ] = None,
     model: Annotated[Optional[str], typer.Option(help="Base model folder (default: built-in SmolLM2).")] = None,
 ) -> None:
