@@ -104,6 +104,7 @@ class SFTConfig:
     trace_temperature: float = 0.8  # traces="self": their sampling temperature
     trace_min_tokens: int = 4  # traces="self": sampled analyses write at least this many tokens before the token may end them (keeps exploring; at most reasoning_tokens)
     reasoning_tokens: int = 48  # length limit of the reasoning traces
+    trace_embedding: str = "taught"  # reasoning rows' contrastive terms read the embedding after: "taught" (the trace the LM terms teach) or "own" (the model's greedy trace, written each step with the current weights; the taught trace then trains the LM terms only)
     trace_mix_weight: float = 0.0  # > 0: reasoning rows are trained (and self traces chosen) as the mix mode's embedding, this weight on the (detached) direct one; 0: the reasoning embedding alone
     # model and optimisation
     lora_r: int = 16
@@ -157,6 +158,10 @@ class SFTConfig:
             raise ValueError("no training data folder given (and none found under ../shared/data/train)")
         if self.traces not in ("keywords", "self", "model"):
             raise ValueError(f"traces must be 'keywords', 'self' or 'model', got {self.traces!r}")
+        if self.trace_embedding not in ("taught", "own"):
+            raise ValueError(f"trace_embedding must be 'taught' or 'own', got {self.trace_embedding!r}")
+        if self.trace_embedding == "own" and self.traces == "self":
+            raise ValueError("trace_embedding='own' needs taught traces (keywords or model): traces='self' are the model's own already")
         if self.trace_samples < 1 or not self.trace_temperature > 0:
             raise ValueError("trace_samples must be >= 1 and trace_temperature > 0")
         if any(d < 1 for d in self.matryoshka_dims):
@@ -515,7 +520,10 @@ class SFTTrainer:
 
     def _query_rows(self, exs: Sequence[Example], d_emb: torch.Tensor, step: int, micro: int):
         """The query-side sequences of a micro-batch: every query through the direct prompt, then the
-        reasoning rows (reasoning prompt + trace). Returns ``(seqs, LM spans, example of each row)``.
+        reasoning rows (reasoning prompt + trace), then with ``trace_embedding="own"`` the same prompts
+        + the model's own greedy trace. Returns ``(seqs, LM spans, example of each row, rows whose
+        embedding enters the contrastive terms)``: all rows, or with "own" the direct and own-trace
+        rows (the taught rows train the LM terms, the own rows have no LM span).
         ``d_emb`` (the documents' embeddings) is read only by traces="self", whose traces are chosen now."""
         cfg = self.cfg
         queries = [ex.query for ex in exs]
@@ -523,6 +531,7 @@ class SFTTrainer:
         spans = [(len(s) - self.answer_len, len(s)) for s in seqs]
         owner = list(range(len(exs)))  # example of each query row
         r_rows = [i for i, ex in enumerate(exs) if ex.query in self.traces]
+        embedded = list(range(len(exs)))
         if r_rows:
             traces = [self.traces[queries[i]] for i in r_rows]
             online = [j for j, t in enumerate(traces) if t is None]  # traces="self": chosen now, by the current model
@@ -536,7 +545,18 @@ class SFTTrainer:
                 seqs.append(h + t)
                 spans.append((len(h), len(seqs[-1])))
                 owner.append(i)
-        return seqs, spans, owner
+            if cfg.trace_embedding == "own":
+                # What the model writes at query time (greedy, its saved length budget and repetition penalty),
+                # continued from exactly the training prompts; generation has no gradient.
+                own = self.m._generate(heads, cfg.reasoning_tokens, False, 1.0, 1.0, None, self.m.prompts.repetition_penalty)[1]
+                for i, h, t in zip(r_rows, heads, own):
+                    embedded.append(len(seqs))
+                    seqs.append(h + t)
+                    spans.append((len(seqs[-1]), len(seqs[-1])))
+                    owner.append(i)
+            else:
+                embedded = list(range(len(seqs)))
+        return seqs, spans, owner, embedded
 
     def _lm_targets(self, seqs, spans, n_direct: int):
         """LM positions ``(rows, cols, targets)`` and each one's LM weight: the few positions that decide
@@ -571,7 +591,7 @@ class SFTTrainer:
         db = {k: v.to(dev) for k, v in m.collate(self._prompt([t for _, t in pairs], "document", cfg.doc_tokens)).items()}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
-        seqs, spans, owner = self._query_rows(exs, d_emb, step, micro)
+        seqs, spans, owner, embedded = self._query_rows(exs, d_emb, step, micro)
         qb = {k: v.to(dev) for k, v in m.collate(seqs).items()}
         rows, cols, targets, lm_weights = self._lm_targets(seqs, spans, len(exs))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -580,8 +600,9 @@ class SFTTrainer:
             ref_logits = self._ref_logits(qb, rows, cols) if cfg.w_kl > 0 else None
         lm, kl = sliced_lm_kl(logits, ref_logits, targets, m.embed_token_id, lm_weights)
         # This rank's share of each term (1 in one process): the shares of all ranks sum to the global mean.
-        share = self.shares(len(seqs), float(lm_weights.sum()), int((targets != m.embed_token_id).sum()))
-        out = {"lm": lm * share[1], "kl": kl * share[2], **self._contrastive(exs, owner, pairs, q_emb, d_emb, share[0])}
+        share = self.shares(len(embedded), float(lm_weights.sum()), int((targets != m.embed_token_id).sum()))
+        contrastive = self._contrastive(exs, [owner[i] for i in embedded], pairs, q_emb[embedded], d_emb, share[0])
+        out = {"lm": lm * share[1], "kl": kl * share[2], **contrastive}
         out["loss"] = cfg.w_lm * out["lm"] + cfg.w_kl * out["kl"] + cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
         return out
 
@@ -651,14 +672,14 @@ class SFTTrainer:
         pairs = self._doc_pairs(exs)
         dseqs = self._prompt([t for _, t in pairs], "document", cfg.doc_tokens)
         d_emb, d_trunk = self._encode_chunks(dseqs, chunk, trunk)
-        seqs, spans, owner = self._query_rows(exs, d_emb, step, micro)
+        seqs, spans, owner, embedded = self._query_rows(exs, d_emb, step, micro)
         q_emb, q_trunk = self._encode_chunks(seqs, chunk, trunk)
         rows, cols, targets, lm_weights = self._lm_targets(seqs, spans, len(exs))
         lm_total, kl_kept = float(lm_weights.sum()), targets != tok
-        share = self.shares(len(seqs), lm_total, int(kl_kept.sum()))
+        share = self.shares(len(embedded), lm_total, int(kl_kept.sum()))
 
         d_leaf, q_leaf = d_emb.detach().float().requires_grad_(), q_emb.detach().float().requires_grad_()
-        out = self._contrastive(exs, owner, pairs, q_leaf, d_leaf, share[0])
+        out = self._contrastive(exs, [owner[i] for i in embedded], pairs, q_leaf[embedded], d_leaf, share[0])
         contrastive = cfg.w_nce * out["nce"] + cfg.w_triplet * out["triplet"]
         d_grad, q_grad = torch.autograd.grad(contrastive, [d_leaf, q_leaf])
 

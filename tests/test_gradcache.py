@@ -60,8 +60,14 @@ def grads_and_losses(trainer: SFTTrainer, exs, chunk: int) -> tuple[dict[str, to
 
 @pytest.mark.parametrize(
     "setting, chunk",
-    [({"lora_layers": 1}, 3), ({"lora_layers": 1}, 1), ({"lora_layers": 0}, 2), ({"full_finetune": True, "lr": 1e-3}, 5)],
-    ids=["top-layer-lora-chunk3", "top-layer-lora-chunk1", "all-layer-lora-chunk2", "full-finetune-chunk5"],
+    [
+        ({"lora_layers": 1}, 3),
+        ({"lora_layers": 1}, 1),
+        ({"lora_layers": 0}, 2),
+        ({"full_finetune": True, "lr": 1e-3}, 5),
+        ({"lora_layers": 1, "trace_embedding": "own"}, 3),
+    ],
+    ids=["top-layer-lora-chunk3", "top-layer-lora-chunk1", "all-layer-lora-chunk2", "full-finetune-chunk5", "own-trace-chunk3"],
 )
 def test_grad_cache_gives_the_plain_steps_gradients_and_losses(tmp_path, model_dir, beir_dir, setting, chunk):
     """A batch with reasoning rows, hard negatives, the trained mix and every loss term: each trainable
@@ -90,6 +96,28 @@ def test_grad_cache_gives_the_plain_steps_gradients_and_losses(tmp_path, model_d
         torch.testing.assert_close(cached[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
     assert plain_loss["kl"] > 0 and plain_loss["nce"] > 0
     assert cached_loss == pytest.approx(plain_loss, abs=1e-6, rel=1e-6)
+
+
+def test_own_trace_rows_carry_the_embedding_and_taught_rows_the_lm_terms(tmp_path, model_dir, beir_dir):
+    """trace_embedding="own": each reasoning query gets a taught row (LM span over the keyword trace, left
+    out of the contrastive terms) and a row with the model's greedy trace, exactly what it writes at
+    query time (no LM span, in the contrastive terms)."""
+    trainer = trainer_for(tmp_path, model_dir, beir_dir, reasoning_share=0.6, batch_size=5, lora_layers=1, trace_embedding="own")
+    exs = trainer.batch(0)
+    seqs, spans, owner, embedded = trainer._query_rows(exs, torch.zeros(1), 1, 0)
+    r = [i for i, ex in enumerate(exs) if ex.query in trainer.traces]
+    n, k = len(exs), len(r)
+    assert len(seqs) == n + 2 * k and owner == list(range(n)) + r + r
+    assert embedded == list(range(n)) + list(range(n + k, n + 2 * k))
+    assert all(a < b for a, b in spans[n : n + k]) and all(a == b for a, b in spans[n + k :])
+    ro = trainer.m.reason([exs[i].query for i in r], max_new_tokens=trainer.cfg.reasoning_tokens)
+    heads = trainer._prompt([exs[i].query for i in r], "query", trainer.cfg.query_tokens, reasoning=True)
+    assert [s[len(h) :] for s, h in zip(seqs[n + k :], heads)] == ro.completion_ids
+    assert all(s[-1] == trainer.m.embed_token_id for s in seqs[n:])
+    with pytest.raises(ValueError, match="trace_embedding"):
+        SFTConfig(trace_embedding="mine")
+    with pytest.raises(ValueError, match="needs taught traces"):
+        SFTConfig(trace_embedding="own", traces="self")
 
 
 def test_replayed_trunk_skips_the_lower_layers_and_restores_them(tmp_path, model_dir, beir_dir):

@@ -11,7 +11,7 @@ DEFAULTS = {
     **{name: (_S, name) for name in (
         "out", "model", "split", "batch_size", "grad_accum", "lr", "token_lr", "lora_r", "lora_alpha", "lora_layers", "cloze", "wordnet",
         "hard_negatives", "mix_alpha", "max_per_source", "traces", "trace_samples", "trace_temperature", "trace_min_tokens",
-        "trace_mix_weight",
+        "trace_mix_weight", "trace_embedding",
         "reasoning_share", "reasoning_tokens", "query_tokens", "doc_tokens", "temperature", "margin", "w_lm", "w_kl", "w_nce",
         "w_triplet", "w_emit", "eval_queries", "eval_every", "save_every", "gradient_checkpointing", "grad_cache_chunk", "bf16", "seed")},
     "steps": (_S, "max_steps"),
@@ -58,6 +58,10 @@ def sft(
         0.0, "--trace-mix-weight", min=0.0, max=0.99,
         help="> 0: reasoning rows train (and self traces are chosen) as the mix mode's embedding with this weight on the direct one; 0: the reasoning embedding alone.",
     ),
+    trace_embedding: str = typer.Option(
+        "taught", "--trace-embedding",
+        help="Reasoning rows' contrastive terms read the embedding after: taught (the trace the LM terms teach) or own (the model's greedy trace, written each step; the taught trace then trains the LM terms only).",
+    ),
     query_tokens: int = typer.Option(64, "--query-tokens", help="Text tokens kept per query."),
     doc_tokens: int = typer.Option(128, "--doc-tokens", help="Text tokens kept per document."),
     temperature: float = typer.Option(0.02, "--temperature", help="InfoNCE temperature tau (0.02 won a sweep of 0.02/0.05/0.1)."),
@@ -97,7 +101,7 @@ def sft(
         SFTConfig, out=str(out), model=model, split=split, max_steps=steps,
         weights=weights, matryoshka_dims=list(matryoshka_dim or []), mix_alpha=mix_alpha, max_per_source=max_per_source, lora_layers=lora_layers, traces=traces,
         trace_samples=trace_samples, trace_temperature=trace_temperature, trace_min_tokens=trace_min_tokens,
-        trace_mix_weight=trace_mix_weight, batch_size=batch_size, grad_accum=grad_accum, lr=lr, token_lr=token_lr, lora_r=lora_r, lora_alpha=lora_alpha, full_finetune=full,
+        trace_mix_weight=trace_mix_weight, trace_embedding=trace_embedding, batch_size=batch_size, grad_accum=grad_accum, lr=lr, token_lr=token_lr, lora_r=lora_r, lora_alpha=lora_alpha, full_finetune=full,
         cloze=cloze, wordnet=wordnet, hard_negatives=hard_negatives, reasoning_share=reasoning_share,
         reasoning_tokens=reasoning_tokens, query_tokens=query_tokens, doc_tokens=doc_tokens, temperature=temperature,
         margin=margin, w_lm=w_lm, w_kl=w_kl, w_nce=w_nce, w_triplet=w_triplet, w_emit=w_emit, eval_queries=eval_queries,
