@@ -215,10 +215,10 @@ def encode_queries(
     gen = dict(generation or {})
     wanted = {mode_label(m): m for m in modes}
     if hasattr(encoder, "encode_query_modes"):  # a searchr3 model: also report what reasoning did
-        reasoning = [m for k, m in wanted.items() if k != "off"]
-        out = encoder.encode_query_modes(texts, reasoning, batch_size=batch_size, show_progress_bar=show_progress_bar, **gen) if reasoning else {}
-        if "off" in wanted:
-            out.update(encoder.encode_query_modes(texts, ["off"], batch_size=batch_size, show_progress_bar=show_progress_bar))
+        if set(wanted) == {"off"}:
+            gen = {}  # reasoning settings are refused by the direct mode alone; they do not apply to it
+        # One call: "off" and "mix" share the direct pass, "on" and "mix" the rollouts.
+        out = encoder.encode_query_modes(texts, list(wanted.values()), batch_size=batch_size, show_progress_bar=show_progress_bar, **gen)
         for k in out:
             if gen and k != "off":
                 out[k][1]["generation"] = gen

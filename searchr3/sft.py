@@ -548,7 +548,10 @@ class SFTTrainer:
             if cfg.trace_embedding == "own":
                 # What the model writes at query time (greedy, its saved length budget and repetition penalty),
                 # continued from exactly the training prompts; generation has no gradient.
-                own = self.m._generate(heads, cfg.reasoning_tokens, False, 1.0, 1.0, None, self.m.prompts.repetition_penalty)[1]
+                own = self.m._generate(
+                    heads, cfg.reasoning_tokens, do_sample=False, temperature=1.0, top_p=1.0, generator=None,
+                    repetition_penalty=self.m.prompts.repetition_penalty,
+                )[1]
                 for i, h, t in zip(r_rows, heads, own):
                     embedded.append(len(seqs))
                     seqs.append(h + t)

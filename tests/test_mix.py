@@ -224,14 +224,18 @@ def test_query_modes_together_equal_one_by_one_and_generate_once(tiny, tmp_path,
         tmp_path / "set", docs, {f"q{i}": q for i, q in enumerate(qs)}, [(f"q{i}", f"d{i}", 1) for i in range(3)], split="test"
     )
     calls.clear()
+    direct_passes = []
+    encode_ids = type(tiny)._encode_ids
+    monkeypatch.setattr(type(tiny), "_encode_ids", lambda self, ids, *a: direct_passes.append(a[-1]) or encode_ids(self, ids, *a))
     rows = run_evaluation(
         tmp_path / "set",
         "test",
-        [("m", tiny, False), ("m", tiny, True, {"max_new_tokens": 4}), ("m", tiny, "mix", {"max_new_tokens": 4})],
+        [("m", tiny, mode, {"max_new_tokens": 4}) for mode in (False, True, "mix")],
     )
     assert calls == [3] and [r["reasoning"] for r in rows] == [False, True, "mix"]
+    assert direct_passes.count("encode queries") == 1  # "off" and "mix" share the direct pass
     assert rows[2]["seconds_per_query"] > rows[1]["seconds_per_query"] and rows[1]["generation"] == {"max_new_tokens": 4}
-    assert "seconds" not in rows[0] and rows[1]["emit_rate"] == rows[2]["emit_rate"]
+    assert "seconds" not in rows[0] and "generation" not in rows[0] and rows[1]["emit_rate"] == rows[2]["emit_rate"]
 
 
 def test_reasoning_prefix_starts_the_turn_and_the_repetition_penalty_is_checked(tiny_model_dir):
