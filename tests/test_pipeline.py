@@ -96,6 +96,21 @@ def test_presets_choose_the_evaluation_corpus(data, tiny_model_dir):
     assert PipelineConfig(data=str(data), preset="full", rl_data=str(data / "scifact-2k")).rl_data == str(data / "scifact-2k")
 
 
+def test_the_final_stage_evaluates_the_stage_1_model_only_when_asked(tmp_path, data, tiny_model_dir):
+    assert PipelineConfig(data=str(data)).evaluate_sft and not PipelineConfig(data=str(data), preset="full").evaluate_sft
+    from dataclasses import replace
+
+    from searchr3 import SearchR3
+
+    m = SearchR3.from_pretrained(str(tiny_model_dir))
+    m.prompts = replace(m.prompts, max_reasoning_tokens=3)  # the untrained model reasons to the limit: keep it short
+    model = str(m.save_pretrained(tmp_path / "model"))
+    cfg = PipelineConfig(out=str(tmp_path / "run"), data=str(data), model=model, examples=1, eval_max_length=0, evaluate_sft=False)
+    final = Pipeline(cfg).final(tmp_path / "final", model, model)
+    assert [(r["dataset"].split("[")[0], r["system"], r["reasoning"]) for r in final["rows"]] == [
+        (d, "searchr3 SFT+RL", mode) for d in ("msmarco-mini", "wikiqa-dev") for mode in (False, True, "mix")]
+
+
 def test_pipeline_config_errors(tmp_path, data):
     with pytest.raises(ValueError, match="unknown preset"):
         PipelineConfig(preset="huge", data=str(data))
