@@ -36,10 +36,8 @@ log = logging.getLogger(__name__)
 # time: three models x two sets. ``full`` trains longer, runs stage 2 on real search queries (WikiQA's
 # Bing queries, the query kind of both development sets, over a corpus small enough to index in
 # minutes) for 40 steps (160 queries, 640 rollouts; the trainer's default is 10 steps on 137 SciFact
-# claims) and evaluates on the whole corpora at the model's 512 tokens. Its held-out slice saturated
-# by SFT step 120 of 240 (README), so 200 steps leave the time to stage 2. Its stage 1 learns at lr 8e-4 (the
-# trainer's default is 2e-4): in a 40-step A/B of the two, 8e-4 reached msmarco-mini 0.70 against 0.61
-# (benchmarks/results/sft_lr_ab.json).
+# claims) and evaluates on the whole corpora at the model's 512 tokens. Both presets' stage 1 learns at
+# the trainer's lr (8e-4; benchmarks/results/sft_lr_ab.json).
 # ``rl_data``: the RL folder under ``data`` unless ``--rl-data`` names one.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -59,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The stage-1 model is not evaluated again at the end: its two whole-corpus encodings cost ~980 s,
         # spent on 40 more SFT steps instead (its held-out rows every 50 steps stay in sft/).
         "evaluate_sft": False,
-        "sft": {"max_steps": 240, "batch_size": 16, "eval_every": 50, "save_every": 10, "lr": 8e-4},
+        "sft": {"max_steps": 240, "batch_size": 16, "eval_every": 50, "save_every": 10},
         "rl": {"steps": 40},
         "rl_data": "train/wikiqa",
     },

@@ -34,7 +34,7 @@ def sft(
     steps: int = typer.Option(12, "--steps", help="Optimizer steps (the default finishes in ~10-15 minutes on 2 idle cores)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per micro-batch (in-batch negatives)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (linear warm-up, then linear decay to 0); the full preset uses 8e-4."),
+    lr: float = typer.Option(8e-4, "--lr", help="Peak learning rate (linear warm-up, then linear decay to 0)."),
     token_lr: float = typer.Option(5e-3, "--token-lr", help="Learning rate of the embedding token's row (its logit must climb far to be emitted)."),
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
     lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
