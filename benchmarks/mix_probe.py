@@ -13,6 +13,11 @@ keyword trace stage 1 teaches (:func:`searchr3.traces.keyword_traces`) built fro
 passage -- the trace a perfect writer would produce. It separates "the embedding cannot use a trace"
 from "the model cannot write the right one".
 
+``prf-keywords`` and ``prf-vector`` judge nothing (pseudo-relevance feedback): the keyword trace of the
+passage the direct embedding ranks first, or (Rocchio on the dense vectors) the mean embedding of the
+direct embedding's top 3 passages. They ask whether the missing terms can come from the corpus instead of
+the model's own knowledge, and whether a written trace adds anything to plain vector feedback.
+
     python benchmarks/mix_probe.py runs/sft-r/final --out benchmarks/results/mix_probe_sft_r.json
 """
 
@@ -37,18 +42,21 @@ SETTINGS = {
     "sample4-t0.7": dict(samples=4, temperature=0.7),
     "sample4-t0.7-min16": dict(samples=4, temperature=0.7, min_new_tokens=16),
     "oracle-keywords": dict(samples=1, oracle=True),
+    "prf-keywords": dict(samples=1, prf="keywords"),
+    "prf-vector": dict(samples=1, prf="vector"),
 }
 
 
-def oracle_rollouts(m, ds, qids, texts, batch_size):
-    """Each query embedded after the keyword trace of its best-judged passage (the upper bound above)."""
+def oracle_rollouts(m, ds, qids, texts, batch_size, best=None):
+    """Each query embedded after the keyword trace of one passage: its best-judged one (the upper bound
+    above), or the one named in ``best`` (pseudo-relevance feedback)."""
     import torch
 
     from searchr3.data.beir import doc_text
     from searchr3.model import Rollouts
     from searchr3.traces import keyword_traces
 
-    best = [max(ds.qrels[q], key=lambda d: (ds.qrels[q][d], d)) for q in qids]
+    best = best or [max(ds.qrels[q], key=lambda d: (ds.qrels[q][d], d)) for q in qids]
     pairs = [(t, doc_text(ds.corpus[d])) for t, d in zip(texts, best)]
     traces = keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
     heads = m.prompt_ids(texts, "query", reasoning=True)
@@ -78,7 +86,7 @@ def main() -> None:
     from searchr3.data.beir import load_beir
     from searchr3.evaluation import compute_metrics, encode_corpus
     from searchr3.io import atomic_write_json
-    from searchr3.model import mix_embeddings
+    from searchr3.model import Rollouts, mix_embeddings
     from searchr3.retrieval import default_corpus_cache, dense_retrieve
 
     m = SearchR3.from_pretrained(args.model)
@@ -109,8 +117,19 @@ def main() -> None:
                 gen["do_sample"] = True
                 gen["seed"] = 0
             t0 = time.perf_counter()
+            prf = gen.pop("prf", None)
             if gen.pop("oracle", False):
                 ro = oracle_rollouts(m, ds, qids, texts, args.batch_size)
+            elif prf == "keywords":
+                first = dense_retrieve(direct.numpy(), corpus.embeddings, corpus.doc_ids, qids, 1)
+                ro = oracle_rollouts(m, ds, qids, texts, args.batch_size, best=[next(iter(first[q])) for q in qids])
+            elif prf == "vector":
+                top = dense_retrieve(direct.numpy(), corpus.embeddings, corpus.doc_ids, qids, 3)
+                row = {d: i for i, d in enumerate(corpus.doc_ids)}
+                fb = torch.stack([torch.from_numpy(corpus.embeddings[[row[d] for d in top[q]]]).float().mean(0) for q in qids])
+                ro = Rollouts(
+                    torch.nn.functional.normalize(fb, dim=-1), [""] * len(qids), [], [[]] * len(qids), [True] * len(qids)
+                )
             else:
                 ro = m.reason([t for t in texts for _ in range(samples)], batch_size=args.batch_size, **gen)
             seconds = (time.perf_counter() - t0) / len(qids)
