@@ -16,6 +16,7 @@ DEFAULTS = {
     "train_data": ("searchr3.pipeline:PipelineConfig", "train_data"),
     "rl_data": ("searchr3.pipeline:PipelineConfig", "rl_data"),
     "model": ("searchr3.pipeline:PipelineConfig", "model"),
+    "evaluate_sft": ("searchr3.pipeline:PipelineConfig", "evaluate_sft"),
 }
 CLI_ONLY: set[str] = set()
 
@@ -54,6 +55,13 @@ def pipeline(
         ),
     ] = None,
     model: Annotated[Optional[str], typer.Option(help="Base model folder (default: built-in SmolLM2).")] = None,
+    evaluate_sft: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--evaluate-sft/--no-evaluate-sft",
+            help="The final stage also evaluates the stage-1 (SFT) model, not only SFT+RL (default: the preset's; quick yes, full no).",
+        ),
+    ] = None,
 ) -> None:
     """The main job: zero-shot evaluation, stage 1 (SFT), stage 2 (RL), final evaluation, report and plots."""
     from rich.console import Console
@@ -71,6 +79,7 @@ def pipeline(
         eval_data=[str(p) for p in eval_data] if eval_data else None,
         train_data=[str(p) for p in train_data] if train_data else None,
         rl_data=str(rl_data) if rl_data else None,
+        evaluate_sft=evaluate_sft,
     )
     run_pipeline(cfg)
     Console().print(Markdown((out / "results.md").read_text()))
