@@ -87,7 +87,7 @@ def main() -> None:
     from searchr3.evaluation import compute_metrics, encode_corpus
     from searchr3.io import atomic_write_json
     from searchr3.model import Rollouts, mix_embeddings
-    from searchr3.retrieval import default_corpus_cache, dense_retrieve
+    from searchr3.retrieval import default_corpus_cache, dense_retrieve, exact_top_k
 
     m = SearchR3.from_pretrained(args.model)
     folders = args.data or [str(ROOT.parent / "shared" / "data" / n) for n in ("msmarco-mini", "wikiqa-dev")]
@@ -120,16 +120,15 @@ def main() -> None:
             prf = gen.pop("prf", None)
             if gen.pop("oracle", False):
                 ro = oracle_rollouts(m, ds, qids, texts, args.batch_size)
-            elif prf == "keywords":
-                first = dense_retrieve(direct.numpy(), corpus.embeddings, corpus.doc_ids, qids, 1)
-                ro = oracle_rollouts(m, ds, qids, texts, args.batch_size, best=[next(iter(first[q])) for q in qids])
-            elif prf == "vector":
-                top = dense_retrieve(direct.numpy(), corpus.embeddings, corpus.doc_ids, qids, 3)
-                row = {d: i for i, d in enumerate(corpus.doc_ids)}
-                fb = torch.stack([torch.from_numpy(corpus.embeddings[[row[d] for d in top[q]]]).float().mean(0) for q in qids])
-                ro = Rollouts(
-                    torch.nn.functional.normalize(fb, dim=-1), [""] * len(qids), [], [[]] * len(qids), [True] * len(qids)
-                )
+            elif prf:
+                _, top = exact_top_k(direct.numpy(), corpus.embeddings, 3)  # corpus rows, best first
+                if prf == "keywords":
+                    ro = oracle_rollouts(m, ds, qids, texts, args.batch_size, best=[corpus.doc_ids[i] for i in top[:, 0]])
+                else:
+                    fb = torch.from_numpy(np.asarray(corpus.embeddings)[top].mean(1)).float()
+                    ro = Rollouts(
+                        torch.nn.functional.normalize(fb, dim=-1), [""] * len(qids), [], [[]] * len(qids), [True] * len(qids)
+                    )
             else:
                 ro = m.reason([t for t in texts for _ in range(samples)], batch_size=args.batch_size, **gen)
             seconds = (time.perf_counter() - t0) / len(qids)

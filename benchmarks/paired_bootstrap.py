@@ -22,10 +22,11 @@ from searchr3 import SearchR3
 from searchr3.data.beir import load_beir
 from searchr3.evaluation import encode_corpus, evaluate_bm25, evaluate_encoder
 from searchr3.io import atomic_write_json
+from searchr3.model import QUERY_MODES
 from searchr3.retrieval import default_corpus_cache
 
 
-def compare(model: SearchR3, folder: str, reasoning: bool | str, resamples: int, seed: int) -> dict:
+def compare(model: SearchR3, folder: str, reasoning: str, resamples: int, seed: int) -> dict:
     ds = load_beir(folder, "test")
     corpus = encode_corpus(model, ds.corpus, batch_size=16, show_progress_bar=True, cache_dir=default_corpus_cache())
     ours = evaluate_encoder(model, ds, reasoning=reasoning, batch_size=16, corpus_embeddings=corpus, per_query=True)["per_query"]
@@ -55,14 +56,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="a searchr3 model folder")
     ap.add_argument("--data", action="append", required=True, help="BEIR folder (split test); repeatable")
-    ap.add_argument("--reasoning", default="off", choices=["off", "on", "mix"])
+    ap.add_argument("--reasoning", default="off", choices=QUERY_MODES)
     ap.add_argument("--resamples", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     model = SearchR3.from_pretrained(args.model)
-    reasoning = {"off": False, "on": True, "mix": "mix"}[args.reasoning]
-    rows = [compare(model, d, reasoning, args.resamples, args.seed) for d in args.data]
+    rows = [compare(model, d, args.reasoning, args.resamples, args.seed) for d in args.data]
     atomic_write_json(args.out, {"model": args.model, "reasoning": args.reasoning, "resamples": args.resamples, "rows": rows})
     for r in rows:
         print(
