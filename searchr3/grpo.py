@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +39,10 @@ from tqdm.auto import tqdm
 from .distributed import Dist
 from .env import EnvConfig, RetrievalEnv, model_encoder
 from .losses import info_nce
+from .model import MIX_WEIGHT, mix_embeddings
 from .runs import RunFolder, dataclass_defaults
+
+log = logging.getLogger(__name__)
 
 # Settings that may change between an interrupted run and its resume (they don't change the steps taken).
 _RESUMABLE = {"out", "steps", "save_every", "show_progress_bar"}
@@ -61,7 +65,14 @@ class GRPOConfig:
     max_new_tokens: int = 48
     sampling_temperature: float = 1.0  # of the rollouts (the contrastive term's tau is nce_temperature)
     top_p: float = 1.0
-    reward: str = "gain"  # "gain": nDCG minus the policy's direct embedding's, advantages against 0; "ndcg": nDCG, against the group mean
+    # "gain": nDCG minus the policy's direct embedding's, advantages against 0; "mix": the same gain, the rollout scored as the
+    # mix query mode's embedding (mix_weight on the direct one), so a trace is rewarded for what it adds to the direct
+    # embedding; "ndcg": nDCG, against the group mean
+    reward: str = "gain"
+    mix_weight: float = MIX_WEIGHT  # the direct embedding's weight in reward="mix" (encode_query's default mix)
+    # > 0: train only on the queries whose direct embedding (of the initial model) scores nDCG@k below this in the
+    # environment -- where a trace has room to gain; 0: every judged query
+    hard_below: float = 0.0
     # the update: a LoRA adapter on the initial model (which stays the KL reference), AdamW
     lr: float = 5e-5
     lr_schedule: str = "linear"  # linear: from lr down to lr/steps at the last step (the index moves less late in the run); constant
@@ -108,8 +119,10 @@ class GRPOConfig:
             raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
         if self.nce_negatives not in ("all", "fresh"):
             raise ValueError(f"nce_negatives must be 'all' or 'fresh', got {self.nce_negatives!r}")
-        if self.reward not in ("gain", "ndcg"):
-            raise ValueError(f"reward must be 'gain' or 'ndcg', got {self.reward!r}")
+        if self.reward not in ("gain", "mix", "ndcg"):
+            raise ValueError(f"reward must be 'gain', 'mix' or 'ndcg', got {self.reward!r}")
+        if not 0.0 <= self.mix_weight < 1.0 or not 0.0 <= self.hard_below <= 1.0:
+            raise ValueError("need 0 <= mix_weight < 1 and 0 <= hard_below <= 1")
         if self.doc_max_length < 16 or self.corpus_limit < 0:
             raise ValueError("need doc_max_length >= 16 and corpus_limit >= 0")
 
@@ -156,6 +169,15 @@ def rollout_seed(seed: int, step: int, k: int) -> int:
     the same rollouts as one process sampling them all (and a resumed run draws the same as a straight one).
     """
     return int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0])
+
+
+def rollout_query_embeddings(cfg: GRPOConfig, rollouts: np.ndarray, direct: np.ndarray | None) -> np.ndarray:
+    """What the environment scores for each rollout: its own embedding, or with ``reward="mix"`` the mix
+    query mode's (``mix_weight`` on the same query's direct embedding), so the reward is what the trace
+    adds to the direct embedding as users run it."""
+    if cfg.reward != "mix":
+        return rollouts
+    return mix_embeddings(torch.from_numpy(direct), torch.from_numpy(rollouts), cfg.mix_weight).numpy()
 
 
 # ---------------------------------------------------------------------- losses
@@ -254,6 +276,8 @@ class GRPOTrainer:
         n_layers = len(m.decoder_and_head()[0].layers)
         self.first_adapted = n_layers - cfg.lora_layers if 0 < cfg.lora_layers < n_layers else 0  # as stage 1: N >= the model's = all
         self.env = self._initial_env()
+        if cfg.hard_below > 0:
+            self.queries = self._hard_queries()
         m.model = get_peft_model(m.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                      target_modules=lora_targets(m.model), task_type="CAUSAL_LM",
                                                      **({"layers_to_transform": list(range(self.first_adapted, n_layers)), "layers_pattern": "layers"}
@@ -292,6 +316,20 @@ class GRPOTrainer:
         emb = cached_encode(encode if built is None else (lambda positions: built[positions]), self.doc_ids, self.doc_texts,
                             fingerprint=fingerprint, cache_dir=self.corpus_cache, write=self.dist.is_main)
         return RetrievalEnv(self.doc_ids, encode, cfg.env, embeddings=emb.embeddings)
+
+    def _hard_queries(self) -> dict[str, str]:
+        """The training queries whose direct embedding, by the initial model (a resume picks the same
+        ones), scores nDCG@k below ``hard_below`` in the initial environment."""
+        qids = list(self.queries)
+        direct = self.model.encode_query([self.queries[q] for q in qids], batch_size=self.cfg.encode_batch_size,
+                                         convert_to_numpy=True, show_progress_bar=self.cfg.show_progress_bar)
+        ndcg = self.env.score(qids, direct, [self.qrels[q] for q in qids])
+        keep = {q: self.queries[q] for q, s in zip(qids, ndcg) if s < self.cfg.hard_below}
+        if len(keep) < self.cfg.queries_per_step:
+            raise ValueError(f"only {len(keep)} of {len(qids)} training queries score nDCG@{self.cfg.env.k} below "
+                             f"hard_below={self.cfg.hard_below} by the direct embedding; need queries_per_step={self.cfg.queries_per_step}")
+        log.info("hard_below=%s: %d of %d training queries", self.cfg.hard_below, len(keep), len(qids))
+        return keep
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -344,11 +382,12 @@ class GRPOTrainer:
         emitted = [e for _, em, _ in parts for e in em]
         hit_limit = [not e and n > cfg.max_new_tokens for _, em, ns in parts for e, n in zip(em, ns)]
         direct = None
-        if cfg.reward == "gain":  # the policy's direct embedding of each query (every rank computes all): the gain's baseline
+        if cfg.reward != "ndcg":  # the policy's direct embedding of each query (every rank computes all): the gain's baseline
             direct = np.repeat(m.encode_query([self.queries[q] for q in qids], convert_to_numpy=True), cfg.group, axis=0)
-        res = env.step(everyone, np.concatenate([e for e, _, _ in parts]), [self.qrels[q] for q in everyone], emitted, hit_limit, direct)
+        scored = rollout_query_embeddings(cfg, np.concatenate([e for e, _, _ in parts]), direct)
+        res = env.step(everyone, scored, [self.qrels[q] for q in everyone], emitted, hit_limit, direct)
         dev = m.device
-        adv = group_advantages(torch.from_numpy(res.rewards[lo:hi]), cfg.group, baseline=0.0 if cfg.reward == "gain" else None).to(dev)
+        adv = group_advantages(torch.from_numpy(res.rewards[lo:hi]), cfg.group, baseline=None if cfg.reward == "ndcg" else 0.0).to(dev)
         # The token that ends a rollout is an action only where the model emitted it itself.
         m.model.train()
         logp, emb, mask = sequence_logprobs(m, ro.prompt_ids, comp)
@@ -394,7 +433,7 @@ class GRPOTrainer:
             "encoded": stats.encoded, "encoded_share": stats.share, "mean_age": stats.mean_age,
             "doc_drift": stats.drift, "doc_drift_age": stats.drift_age,
             "gen_seconds": t_gen, "refresh_seconds": stats.encode_seconds, "seconds": seconds,
-            "refresh_share": stats.encode_seconds / seconds, "processes": d.world,
+            "refresh_share": stats.encode_seconds / seconds, "processes": d.world, "queries": len(self.queries),
         }
 
     def train(self) -> Path:

@@ -68,6 +68,9 @@ def shared_prefix(ids: Sequence[Sequence[int]]) -> int:
     return min(len(os.path.commonprefix([list(x) for x in ids])), min(len(x) for x in ids) - 1)
 
 
+MIX_WEIGHT = 0.6  # the "mix" query mode's default weight of the direct embedding
+
+
 def mix_embeddings(direct: torch.Tensor, reasoned: torch.Tensor, weight: float) -> torch.Tensor:
     """The ``"mix"`` query mode's embedding: ``weight * direct + (1 - weight) * reasoned``, each row
     L2-normalised first (used at query time, by stage 1's trained mix and by its trace bank)."""
@@ -518,7 +521,7 @@ class SearchR3:
 
     def _query_or_document(
         self, items: list[str], kind: Kind, mode: str, batch_size: int, show_progress_bar: bool,
-        mix_weight: float = 0.6, samples: int = 1, **generation: Any,
+        mix_weight: float = MIX_WEIGHT, samples: int = 1, **generation: Any,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if kind == "document":
             if generation:
@@ -528,7 +531,7 @@ class SearchR3:
 
     def _query_modes(
         self, items: list[str], modes: list[str], batch_size: int, show_progress_bar: bool,
-        mix_weight: float = 0.6, samples: int = 1, **generation: Any,
+        mix_weight: float = MIX_WEIGHT, samples: int = 1, **generation: Any,
     ) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
         if modes == ["off"] and generation:
             raise TypeError(f"generation settings {sorted(generation)} need reasoning=True or 'mix'")

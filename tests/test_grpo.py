@@ -12,7 +12,16 @@ import pytest
 import torch
 
 from searchr3 import SearchR3
-from searchr3.grpo import GRPOConfig, GRPOTrainer, batch_queries, group_advantages, grpo_loss, sequence_logprobs, train_rl
+from searchr3.grpo import (
+    GRPOConfig,
+    GRPOTrainer,
+    batch_queries,
+    group_advantages,
+    grpo_loss,
+    rollout_query_embeddings,
+    sequence_logprobs,
+    train_rl,
+)
 from searchr3.runs import RunError
 from tests.conftest import build_tiny_model, write_beir
 
@@ -189,6 +198,11 @@ def test_config_rejects_bad_values():
         GRPOConfig(lr_schedule="cosine")
     with pytest.raises(ValueError, match="lora_layers must be >= 0"):
         GRPOConfig(lora_layers=-1)
+    with pytest.raises(ValueError, match="reward must be"):
+        GRPOConfig(reward="dcg")
+    for bad in (dict(mix_weight=1.0), dict(mix_weight=-0.1), dict(hard_below=1.5)):
+        with pytest.raises(ValueError, match="mix_weight < 1 and 0 <= hard_below"):
+            GRPOConfig(**bad)
 
 
 def test_cli_rejects_a_bad_contrastive_negatives_choice(tiny_model_dir, beir_dir, tmp_path, cli):
@@ -264,3 +278,38 @@ def test_fresh_nce_negatives_leave_the_stale_rows_out(tiny_model_dir, beir_dir, 
     assert 0 < rows["fresh"][1]["nce_docs"] < rows["all"][1]["nce_docs"]
     with pytest.raises(ValueError, match="nce_negatives"):
         GRPOConfig(nce_negatives="stale")
+
+
+def test_mix_reward_scores_the_mix_of_direct_and_rollout():
+    """reward="mix": the environment scores w * direct + (1 - w) * rollout (each unit first), the mix mode's
+    embedding, so the gain is what the trace adds to the direct embedding; "gain" scores the rollout alone."""
+    direct = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    rollouts = np.array([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    mixed = rollout_query_embeddings(GRPOConfig(reward="mix", mix_weight=0.75), rollouts, direct)
+    np.testing.assert_allclose(mixed, [[0.75, 0.25, 0.0], [0.0, 0.75, 0.25]], atol=1e-6)
+    assert rollout_query_embeddings(GRPOConfig(reward="gain"), rollouts, direct) is rollouts
+
+
+def test_hard_below_keeps_the_queries_the_direct_embedding_misses(tiny_model_dir, beir_dir, tmp_path):
+    """hard_below: training queries are those whose direct embedding (initial model) scores nDCG@k below
+    the threshold in the initial environment; a run on them logs how many there are, and its rewards are
+    the mix's nDCG minus the direct one's minus the penalties."""
+    every = GRPOTrainer(tiny_rl_config(tmp_path / "all", tiny_model_dir, beir_dir))
+    qids = list(every.queries)
+    scores = every.env.score(qids, every.model.encode_query([every.queries[q] for q in qids], convert_to_numpy=True),
+                             [every.qrels[q] for q in qids])
+    cut = float(np.sort(scores)[-1])  # the best-scored query(s) are left out
+    want = {q for q, s in zip(qids, scores) if s < cut}
+    assert 2 <= len(want) < len(qids)
+    cfg = tiny_rl_config(tmp_path / "hard", tiny_model_dir, beir_dir, steps=2, hard_below=cut, reward="mix")
+    trainer = GRPOTrainer(cfg)
+    assert set(trainer.queries) == want
+    trainer.train()
+    rows = [json.loads(r) for r in (tmp_path / "hard" / "log.jsonl").read_text().splitlines() if '"reward"' in r]
+    assert rows and all(r["queries"] == len(want) for r in rows)
+    env = cfg.env
+    for r in rows:
+        penalty = env.limit_penalty * r["hit_limit"] + env.format_penalty * (1 - r["emitted"] - r["hit_limit"])
+        assert r["reward"] == pytest.approx(r["ndcg"] - r["direct_ndcg"] - penalty, abs=1e-5)
+    with pytest.raises(ValueError, match="training queries score nDCG"):
+        GRPOTrainer(tiny_rl_config(tmp_path / "few", tiny_model_dir, beir_dir, hard_below=cut, queries_per_step=len(want) + 1))

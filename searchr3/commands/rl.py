@@ -8,7 +8,7 @@ import typer
 
 _G, _E = "searchr3.grpo:GRPOConfig", "searchr3.env:EnvConfig"
 DEFAULTS = {
-    **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "reward", "lr",
+    **{name: (_G, name) for name in ("out", "init", "data", "split", "steps", "queries_per_step", "group", "max_new_tokens", "reward", "mix_weight", "hard_below", "lr",
                                      "lr_schedule", "lora_layers", "kl_coef", "nce_coef", "nce_negatives", "doc_max_length", "corpus_limit", "save_every", "seed", "bf16")},
     **{name: (_E, name) for name in ("refresh", "neighbours", "max_age", "limit_penalty", "repair_all", "repair_margin", "repair_clearance", "full_at_drift")},
 }
@@ -24,7 +24,9 @@ def rl(
     queries_per_step: int = typer.Option(4, "--queries-per-step", min=1),
     group: int = typer.Option(4, "--group", min=2, help="Rollouts per query (G)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Reasoning length limit."),
-    reward: str = typer.Option("gain", "--reward", help="gain: nDCG minus the direct embedding's (reasoning earns what it adds); ndcg: nDCG alone."),
+    reward: str = typer.Option("gain", "--reward", help="gain: nDCG minus the direct embedding's (reasoning earns what it adds); mix: the same gain, the rollout scored as the mix query mode's embedding; ndcg: nDCG alone."),
+    mix_weight: float = typer.Option(0.6, "--mix-weight", help="--reward mix: weight of the direct embedding in the scored mix."),
+    hard_below: float = typer.Option(0.0, "--hard-below", help="Train only on queries whose direct embedding (initial model) scores nDCG@k below this (0 = every query)."),
     lr: float = typer.Option(5e-5, "--lr"),
     lr_schedule: str = typer.Option("linear", "--lr-schedule", help="linear: decay from --lr to lr/steps at the last step; constant."),
     lora_layers: int = typer.Option(12, "--lora-layers", min=0, help="The adapter trains the top N decoder layers only (0 = all); the documents' states below them are cached, so a refresh runs N layers."),
@@ -61,7 +63,7 @@ def rl(
             raise UsageError(f"data folder {folder} does not exist")
     cfg = build_config(
         GRPOConfig, out=str(out), init=init, data=str(data), split=split, steps=steps, queries_per_step=queries_per_step,
-        group=group, max_new_tokens=max_new_tokens, reward=reward, lr=lr, lr_schedule=lr_schedule, lora_layers=lora_layers, kl_coef=kl_coef, nce_coef=nce_coef, nce_negatives=nce_negatives,
+        group=group, max_new_tokens=max_new_tokens, reward=reward, mix_weight=mix_weight, hard_below=hard_below, lr=lr, lr_schedule=lr_schedule, lora_layers=lora_layers, kl_coef=kl_coef, nce_coef=nce_coef, nce_negatives=nce_negatives,
         doc_max_length=doc_max_length, corpus_limit=corpus_limit, save_every=save_every, seed=seed, bf16=bf16,
         env=build_config(EnvConfig, refresh=refresh, neighbours=neighbours, max_age=max_age, limit_penalty=limit_penalty,
                          repair_all=repair_all, repair_margin=repair_margin, repair_clearance=repair_clearance, full_at_drift=full_at_drift),
