@@ -13,6 +13,12 @@ keyword trace stage 1 teaches (:func:`searchr3.traces.keyword_traces`) built fro
 passage -- the trace a perfect writer would produce. It separates "the embedding cannot use a trace"
 from "the model cannot write the right one".
 
+``oracle-predictable`` is the same upper bound restricted to what the model could learn to write: of the
+judged passage's top-20 tf-idf terms (the query's own left out), the 6 the model itself finds most likely
+after ``Key terms:`` (log-probability of the whole word, teacher-forced). If it keeps most of the oracle's
+gain, a trace target of predictable answer terms is worth training; if not, the gain is in terms a 135M
+model cannot know.
+
 ``prf-keywords`` and ``prf-vector`` judge nothing (pseudo-relevance feedback): the keyword trace of the
 passage the direct embedding ranks first, or (Rocchio on the dense vectors) the mean embedding of the
 direct embedding's top 3 passages. They ask whether the missing terms can come from the corpus instead of
@@ -42,14 +48,49 @@ SETTINGS = {
     "sample4-t0.7": dict(samples=4, temperature=0.7),
     "sample4-t0.7-min16": dict(samples=4, temperature=0.7, min_new_tokens=16),
     "oracle-keywords": dict(samples=1, oracle=True),
+    "oracle-predictable": dict(samples=1, oracle="predictable"),
     "prf-keywords": dict(samples=1, prf="keywords"),
     "prf-vector": dict(samples=1, prf="vector"),
 }
 
 
-def oracle_rollouts(m, ds, qids, texts, batch_size, best=None):
+def predictable_traces(m, pairs, documents, heads, candidates: int = 20, keep: int = 6) -> dict[str, list[int]]:
+    """{query: completion ids}: of each positive's top ``candidates`` tf-idf terms, the ``keep`` with the
+    highest log-probability (summed over the word's tokens) after the query's reasoning prompt, in tf-idf
+    order, as a keyword trace cut to the length budget, then the embedding token."""
+    import torch
+
+    from searchr3.grpo import sequence_logprobs
+    from searchr3.traces import KEYWORD_PREFIX, KeywordTracer
+
+    tracer = KeywordTracer(documents, candidates)
+    lead = "" if m.prompts.reasoning_prefix.strip() == KEYWORD_PREFIX else KEYWORD_PREFIX
+    lead_ids = m.tokenizer(lead, add_special_tokens=False)["input_ids"] if lead else []
+    out: dict[str, list[int]] = {}
+    for (query, positive), head in zip(pairs, heads):
+        terms = tracer.terms(query, positive)
+        if not terms or query in out:
+            out.setdefault(query, [m.embed_token_id])
+            continue
+        words = [m.tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in terms]
+        with torch.no_grad():
+            logp, _, mask = sequence_logprobs(m, [head + lead_ids] * len(words), words)
+        score = (logp * mask).sum(1).tolist()
+        chosen = sorted(sorted(range(len(terms)), key=lambda i: -score[i])[:keep])
+        ids: list[int] = []
+        while chosen:
+            ids = m.tokenizer(f"{lead} {', '.join(terms[i] for i in chosen)}.", add_special_tokens=False)["input_ids"]
+            if len(ids) <= m.prompts.max_reasoning_tokens:
+                break
+            chosen, ids = chosen[:-1], []
+        out[query] = ids + [m.embed_token_id]
+    return out
+
+
+def oracle_rollouts(m, ds, qids, texts, batch_size, best=None, predictable=False):
     """Each query embedded after the keyword trace of one passage: its best-judged one (the upper bound
-    above), or the one named in ``best`` (pseudo-relevance feedback)."""
+    above), or the one named in ``best`` (pseudo-relevance feedback); ``predictable``: the trace of the
+    terms the model finds likely (:func:`predictable_traces`)."""
     import torch
 
     from searchr3.data.beir import doc_text
@@ -58,8 +99,11 @@ def oracle_rollouts(m, ds, qids, texts, batch_size, best=None):
 
     best = best or [max(ds.qrels[q], key=lambda d: (ds.qrels[q][d], d)) for q in qids]
     pairs = [(t, doc_text(ds.corpus[d])) for t, d in zip(texts, best)]
-    traces = keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
     heads = m.prompt_ids(texts, "query", reasoning=True)
+    if predictable:
+        traces = predictable_traces(m, pairs, map(doc_text, ds.corpus.values()), heads)
+    else:
+        traces = keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
     seqs = [h + traces[t] for h, t in zip(heads, texts)]
     emb = torch.nn.functional.normalize(m._encode_ids(seqs, batch_size, False, "oracle traces"), dim=-1)
     comps = [traces[t] for t in texts]
@@ -118,8 +162,9 @@ def main() -> None:
                 gen["seed"] = 0
             t0 = time.perf_counter()
             prf = gen.pop("prf", None)
-            if gen.pop("oracle", False):
-                ro = oracle_rollouts(m, ds, qids, texts, args.batch_size)
+            oracle = gen.pop("oracle", False)
+            if oracle:
+                ro = oracle_rollouts(m, ds, qids, texts, args.batch_size, predictable=oracle == "predictable")
             elif prf:
                 _, top = exact_top_k(direct.numpy(), corpus.embeddings, 3)  # corpus rows, best first
                 if prf == "keywords":
