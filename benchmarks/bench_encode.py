@@ -10,6 +10,7 @@ Same texts, same prompts (token ids), same batch size. Variants:
 Usage: python benchmarks/bench_encode.py [--n 256] [--batch-size 16] [--data ../shared/data/msmarco-mini]
 Writes benchmarks/results/encode_throughput.json.
 """
+
 from __future__ import annotations
 
 import argparse

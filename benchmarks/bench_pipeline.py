@@ -10,6 +10,7 @@ table rows, the reasoning examples, and whether the cache started empty. ``--col
 encoded as on a fresh machine. A ``--work`` folder left by an interrupted run is resumed (the
 stages' own resume), in which case the wall time covers only the remaining stages and the JSON says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ def main() -> None:
     summary = run_pipeline(PipelineConfig(out=str(work), preset=args.preset, data=args.data))
     seconds = time.perf_counter() - start
     result = {
-        "preset": args.preset, "wall_seconds": round(seconds, 1), "cold_cache": args.cold_cache,
-        "stages_already_done": resumed, "cpu_count": os.cpu_count(), **summary,
+        "preset": args.preset,
+        "wall_seconds": round(seconds, 1),
+        "cold_cache": args.cold_cache,
+        "stages_already_done": resumed,
+        "cpu_count": os.cpu_count(),
+        **summary,
     }
     atomic_write_json(Path(args.out) / f"pipeline_{args.preset}.json", result)
     print((work / "results.md").read_text())

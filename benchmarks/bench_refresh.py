@@ -16,6 +16,7 @@ the shadows' work and the bookkeeping are excluded from the step times.
 Writes ``benchmarks/results/refresh.json``, ``refresh.jsonl`` (per step) and ``refresh.png``.
 The initial corpus embeddings are cached in ``<--work>-corpus-embeddings`` across runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,18 +55,23 @@ def summarise(rows: list[dict], names: list[str], n_docs: int, k: int) -> dict:
         enc_s = [r[f"encode_seconds_{name}"] for r in rows if f"encode_seconds_{name}" in r]  # full: the truth steps
         errs = [r[f"reward_error_{name}"] for r in truth_rows]
         out[name] = {
-            "encoded_total": int(sum(enc)), "encoded_per_step": float(np.mean(enc)), "share_per_step": float(np.mean(enc) / n_docs),
+            "encoded_total": int(sum(enc)),
+            "encoded_per_step": float(np.mean(enc)),
+            "share_per_step": float(np.mean(enc) / n_docs),
             "encoding_saving_vs_full": float(n_docs * len(rows) / max(1, sum(enc))),
             "encode_seconds_per_step": float(np.mean(enc_s)) if enc_s else None,
         }
         if truth_rows:  # --truth-at "": a timing run without errors
-            out[name].update({
-                "mean_abs_reward_error": float(np.mean(errs)), "max_step_reward_error": float(np.max(errs)),
-                "mean_abs_rank_error": float(np.mean([r[f"rank_error_{name}"] for r in truth_rows])),
-                f"recall@{k}": float(np.mean([r[f"recall@{k}_{name}"] for r in truth_rows])),
-                "reward_error_by_step": {r["step"]: r[f"reward_error_{name}"] for r in truth_rows},
-                "rank_error_by_step": {r["step"]: r[f"rank_error_{name}"] for r in truth_rows},
-            })
+            out[name].update(
+                {
+                    "mean_abs_reward_error": float(np.mean(errs)),
+                    "max_step_reward_error": float(np.max(errs)),
+                    "mean_abs_rank_error": float(np.mean([r[f"rank_error_{name}"] for r in truth_rows])),
+                    f"recall@{k}": float(np.mean([r[f"recall@{k}_{name}"] for r in truth_rows])),
+                    "reward_error_by_step": {r["step"]: r[f"reward_error_{name}"] for r in truth_rows},
+                    "rank_error_by_step": {r["step"]: r[f"rank_error_{name}"] for r in truth_rows},
+                }
+            )
     return out
 
 
@@ -82,10 +88,24 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--lr-schedule", default="linear", choices=["linear", "constant"])
     ap.add_argument("--nce-coef", type=float, default=0.5)
-    ap.add_argument("--nce-negatives", default="all", choices=["all", "fresh"], help="the contrastive term's negatives (GRPOConfig.nce_negatives)")
-    ap.add_argument("--lora-layers", type=int, default=GRPOConfig.lora_layers,
-                    help="the adapter's top N layers; re-encodes run only those on the cached trunk (0 = every layer, the full forward)")
-    ap.add_argument("--train-policy", default="lazy-deciding", choices=sorted(POLICIES), help="the run's own policy (lazy-deciding: train rl's default)")
+    ap.add_argument(
+        "--nce-negatives",
+        default="all",
+        choices=["all", "fresh"],
+        help="the contrastive term's negatives (GRPOConfig.nce_negatives)",
+    )
+    ap.add_argument(
+        "--lora-layers",
+        type=int,
+        default=GRPOConfig.lora_layers,
+        help="the adapter's top N layers; re-encodes run only those on the cached trunk (0 = every layer, the full forward)",
+    )
+    ap.add_argument(
+        "--train-policy",
+        default="lazy-deciding",
+        choices=sorted(POLICIES),
+        help="the run's own policy (lazy-deciding: train rl's default)",
+    )
     ap.add_argument("--shadows", default=",".join(POLICIES), help="policies scored beside the run, comma-separated")
     ap.add_argument("--truth-at", default="1,10,25,50", help="steps at which the whole corpus is re-encoded as the truth")
     ap.add_argument("--seed", type=int, default=0, help="the run's seed (queries drawn, rollouts sampled)")
@@ -99,9 +119,26 @@ def main() -> None:
         ap.error(f"unknown policies in --shadows: {sorted(shadow_names - set(POLICIES))}")
 
     env_cfg = EnvConfig(**POLICIES[args.train_policy])
-    cfg = GRPOConfig(out=args.work, init=args.init, data=args.data, steps=args.steps, queries_per_step=args.queries,
-                     group=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, lr_schedule=args.lr_schedule, nce_coef=args.nce_coef, nce_negatives=args.nce_negatives, lora_layers=args.lora_layers, doc_max_length=args.doc_max_length, corpus_limit=args.docs, save_every=10**9, seed=args.seed,
-                     env=env_cfg, show_progress_bar=False)
+    cfg = GRPOConfig(
+        out=args.work,
+        init=args.init,
+        data=args.data,
+        steps=args.steps,
+        queries_per_step=args.queries,
+        group=args.group,
+        max_new_tokens=args.max_new_tokens,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        nce_coef=args.nce_coef,
+        nce_negatives=args.nce_negatives,
+        lora_layers=args.lora_layers,
+        doc_max_length=args.doc_max_length,
+        corpus_limit=args.docs,
+        save_every=10**9,
+        seed=args.seed,
+        env=env_cfg,
+        show_progress_bar=False,
+    )
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a scratch run folder: a run folder is never reused without --resume
     t_init = time.perf_counter()
@@ -111,9 +148,13 @@ def main() -> None:
     run_env = trainer.env
     n = run_env.size
     initial = run_env.emb.copy()
-    shadows = {name: RetrievalEnv(run_env.doc_ids, run_env.encode, replace(env_cfg, **kw), embeddings=initial.copy(),
-                                  versions=run_env.versions)
-               for name, kw in POLICIES.items() if name != args.train_policy and name in shadow_names}
+    shadows = {
+        name: RetrievalEnv(
+            run_env.doc_ids, run_env.encode, replace(env_cfg, **kw), embeddings=initial.copy(), versions=run_env.versions
+        )
+        for name, kw in POLICIES.items()
+        if name != args.train_policy and name in shadow_names
+    }
     envs = {args.train_policy: run_env, **shadows}
     rows: list[dict] = []
     run_step = run_env.step
@@ -146,7 +187,9 @@ def main() -> None:
                 row["trunk_seconds_per_doc"] = (time.perf_counter() - t2) / len(sample)
                 row["trunk_vs_full_cosine_distance_max"] = float((1 - (truth[sample] * full).sum(1)).max())
             row["drift_from_initial"] = float((1 - (truth * initial).sum(1)).mean())
-            row["drift_per_step_since_last_truth"] = float((1 - (truth * prev_truth[0]).sum(1)).mean()) / max(1, step - 1 - prev_truth[1])
+            row["drift_per_step_since_last_truth"] = float((1 - (truth * prev_truth[0]).sum(1)).mean()) / max(
+                1, step - 1 - prev_truth[1]
+            )
             prev_truth[:] = [truth, step - 1]
             for name, env in envs.items():
                 row.update({f"{k}_{name}": v for k, v in env.drift(q_emb, results[name], truth).items()})
@@ -163,18 +206,42 @@ def main() -> None:
         out = trainer.train_step()
         row = rows[-1]
         step_seconds = out["seconds"] - overhead[0]
-        row.update(reward=out["reward"], reward_std=out["reward_std"], ndcg=out["ndcg"], direct_ndcg=out.get("direct_ndcg"),
-                   emitted=out["emitted"], completion_tokens=out["completion_tokens"], kl=out["kl"], gen_seconds=out["gen_seconds"],
-                   step_seconds=step_seconds, doc_drift=out["doc_drift"], doc_drift_age=out["doc_drift_age"],
-                   encoded_full=n, **({"encode_seconds_full": row["truth_seconds"]} if "truth_seconds" in row else {}))
-        row.update({f"encoded_{args.train_policy}": out["encoded"], f"encode_seconds_{args.train_policy}": out["refresh_seconds"],
-                    f"mean_age_{args.train_policy}": out["mean_age"]})
+        row.update(
+            reward=out["reward"],
+            reward_std=out["reward_std"],
+            ndcg=out["ndcg"],
+            direct_ndcg=out.get("direct_ndcg"),
+            emitted=out["emitted"],
+            completion_tokens=out["completion_tokens"],
+            kl=out["kl"],
+            gen_seconds=out["gen_seconds"],
+            step_seconds=step_seconds,
+            doc_drift=out["doc_drift"],
+            doc_drift_age=out["doc_drift_age"],
+            encoded_full=n,
+            **({"encode_seconds_full": row["truth_seconds"]} if "truth_seconds" in row else {}),
+        )
+        row.update(
+            {
+                f"encoded_{args.train_policy}": out["encoded"],
+                f"encode_seconds_{args.train_policy}": out["refresh_seconds"],
+                f"mean_age_{args.train_policy}": out["mean_age"],
+            }
+        )
         for name, env in shadows.items():
             stats = env.refresh()
-            row.update({f"encoded_{name}": stats.encoded, f"encode_seconds_{name}": stats.encode_seconds, f"mean_age_{name}": stats.mean_age})
+            row.update(
+                {
+                    f"encoded_{name}": stats.encoded,
+                    f"encode_seconds_{name}": stats.encode_seconds,
+                    f"mean_age_{name}": stats.mean_age,
+                }
+            )
         # The step without the benchmark's work, with each policy's encoding in place of the run's own.
         for name in [n_ for n_ in names_all if f"encode_seconds_{n_}" in row]:
-            row[f"refresh_share_{name}"] = row[f"encode_seconds_{name}"] / (step_seconds - out["refresh_seconds"] + row[f"encode_seconds_{name}"])
+            row[f"refresh_share_{name}"] = row[f"encode_seconds_{name}"] / (
+                step_seconds - out["refresh_seconds"] + row[f"encode_seconds_{name}"]
+            )
         if "reward_error_none" in row:
             row.update({"reward_error_full": 0.0, "rank_error_full": 0.0, f"recall@{env_cfg.k}_full": 1.0})
         print(json.dumps({k: v for k, v in row.items() if k != "reward_per_query"}), flush=True)
@@ -184,32 +251,73 @@ def main() -> None:
     names = (["full"] if truth_at else []) + [*envs]
     policies = summarise(rows, names, n, env_cfg.k)
     for name in names:
-        policies[name]["refresh_share_of_step"] = float(np.mean([r[f"refresh_share_{name}"] for r in rows if f"refresh_share_{name}" in r]))
-    first, last = [q for r in rows[:10] for q in r["reward_per_query"].values()], [q for r in rows[-10:] for q in r["reward_per_query"].values()]
+        policies[name]["refresh_share_of_step"] = float(
+            np.mean([r[f"refresh_share_{name}"] for r in rows if f"refresh_share_{name}" in r])
+        )
+    first, last = (
+        [q for r in rows[:10] for q in r["reward_per_query"].values()],
+        [q for r in rows[-10:] for q in r["reward_per_query"].values()],
+    )
     truths = [r for r in rows if "drift_from_initial" in r]
     result = {
-        "setup": {"data": args.data, "corpus_docs": n, "training_queries": len(trainer.queries), "doc_max_length": cfg.doc_max_length,
-                  "steps": args.steps, "queries_per_step": args.queries, "group": args.group, "max_new_tokens": args.max_new_tokens,
-                  "lr": args.lr, "lr_schedule": args.lr_schedule, "seed": args.seed, "nce_coef": args.nce_coef, "nce_negatives": args.nce_negatives, "lora_layers": args.lora_layers, "init": args.init or "built-in SmolLM2-135M-Instruct", "train_policy": args.train_policy,
-                  "env": asdict(env_cfg), "policies": POLICIES, "truth_at": sorted(truth_at), "seconds": seconds,
-                  "init_seconds": init_seconds},
+        "setup": {
+            "data": args.data,
+            "corpus_docs": n,
+            "training_queries": len(trainer.queries),
+            "doc_max_length": cfg.doc_max_length,
+            "steps": args.steps,
+            "queries_per_step": args.queries,
+            "group": args.group,
+            "max_new_tokens": args.max_new_tokens,
+            "lr": args.lr,
+            "lr_schedule": args.lr_schedule,
+            "seed": args.seed,
+            "nce_coef": args.nce_coef,
+            "nce_negatives": args.nce_negatives,
+            "lora_layers": args.lora_layers,
+            "init": args.init or "built-in SmolLM2-135M-Instruct",
+            "train_policy": args.train_policy,
+            "env": asdict(env_cfg),
+            "policies": POLICIES,
+            "truth_at": sorted(truth_at),
+            "seconds": seconds,
+            "init_seconds": init_seconds,
+        },
         "policies": policies,
         "step_seconds_mean": float(np.mean([r["step_seconds"] for r in rows])),
-        "reward": {"first10_mean": float(np.mean(first)), "first10_std_across_queries": float(np.std(first)),
-                   "last10_mean": float(np.mean(last)), "last10_std_across_queries": float(np.std(last)),
-                   "first10_queries": len(first), "last10_queries": len(last)},
-        "doc_drift": {"from_initial_by_step": {r["step"]: r["drift_from_initial"] for r in truths},
-                      "per_step_by_step": {r["step"]: r["drift_per_step_since_last_truth"] for r in truths},
-                      "rereads_mean_cosine_distance": float(np.mean([r["doc_drift"] for r in rows]))},
-        "trunk": None if trainer.trunk is None else {
-            "first_adapted_layer": trainer.first_adapted, "gigabytes": trainer.trunk.nbytes / 1e9,
+        "reward": {
+            "first10_mean": float(np.mean(first)),
+            "first10_std_across_queries": float(np.std(first)),
+            "last10_mean": float(np.mean(last)),
+            "last10_std_across_queries": float(np.std(last)),
+            "first10_queries": len(first),
+            "last10_queries": len(last),
+        },
+        "doc_drift": {
+            "from_initial_by_step": {r["step"]: r["drift_from_initial"] for r in truths},
+            "per_step_by_step": {r["step"]: r["drift_per_step_since_last_truth"] for r in truths},
+            "rereads_mean_cosine_distance": float(np.mean([r["doc_drift"] for r in rows])),
+        },
+        "trunk": None
+        if trainer.trunk is None
+        else {
+            "first_adapted_layer": trainer.first_adapted,
+            "gigabytes": trainer.trunk.nbytes / 1e9,
             "seconds_per_doc": {r["step"]: r["trunk_seconds_per_doc"] for r in truths if "trunk_seconds_per_doc" in r},
-            "full_forward_seconds_per_doc": {r["step"]: r["full_forward_seconds_per_doc"] for r in truths if "full_forward_seconds_per_doc" in r},
-            "vs_full_cosine_distance_max": {r["step"]: r["trunk_vs_full_cosine_distance_max"] for r in truths if "trunk_vs_full_cosine_distance_max" in r}},
+            "full_forward_seconds_per_doc": {
+                r["step"]: r["full_forward_seconds_per_doc"] for r in truths if "full_forward_seconds_per_doc" in r
+            },
+            "vs_full_cosine_distance_max": {
+                r["step"]: r["trunk_vs_full_cosine_distance_max"] for r in truths if "trunk_vs_full_cosine_distance_max" in r
+            },
+        },
         "target": {"saving_at_least": 10, "reward_error_at_most": 0.01, "refresh_share_at_most": 0.25},
     }
-    result["target"]["met"] = any(p["encoding_saving_vs_full"] >= 10 and p.get("mean_abs_reward_error", 1.0) <= 0.01
-                                  and p["refresh_share_of_step"] <= 0.25 for name, p in policies.items() if name != "full")
+    result["target"]["met"] = any(
+        p["encoding_saving_vs_full"] >= 10 and p.get("mean_abs_reward_error", 1.0) <= 0.01 and p["refresh_share_of_step"] <= 0.25
+        for name, p in policies.items()
+        if name != "full"
+    )
     atomic_write_json(Path(args.out) / f"{args.name}.json", result)
     partial = [p for p in envs if p != "none"]
     keys = ["reward", "step_seconds", [f"encoded_{p}" for p in partial], [f"refresh_share_{p}" for p in partial]]

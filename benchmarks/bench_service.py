@@ -6,6 +6,7 @@ and half ``POST /search`` unless ``--endpoint`` picks one, and writes benchmarks
 
     python benchmarks/bench_service.py --index runs/scifact-2k.idx --queries ../shared/data/scifact-2k/queries.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,18 @@ def free_port() -> int:
 
 
 def start_server(args, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", SERVE, str(args.index), "--port", str(port), "--max-batch", str(args.max_batch),
-           "--max-wait-ms", str(args.max_wait_ms)]
+    cmd = [
+        sys.executable,
+        "-c",
+        SERVE,
+        str(args.index),
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
     proc = subprocess.Popen(cmd)
     deadline = time.time() + args.start_timeout
     while time.time() < deadline:
@@ -100,12 +111,24 @@ def main() -> None:
     lat = np.array([r[2] for r in results]) * 1000
     errors = sum(1 for r in results if r[1] != 200)
     out = {
-        "requests": args.requests, "concurrency": concurrency, "endpoint": args.endpoint, "errors": errors,
-        "wall_s": round(wall, 3), "requests_per_s": round(args.requests / wall, 2),
-        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)), 1),
-                       "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)},
-        "model_calls": after["batches"] - before["batches"], "texts_encoded": after["texts"] - before["texts"],
-        "index": str(args.index), "documents": after["documents"], "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+        "requests": args.requests,
+        "concurrency": concurrency,
+        "endpoint": args.endpoint,
+        "errors": errors,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(args.requests / wall, 2),
+        "latency_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 1),
+            "p90": round(float(np.percentile(lat, 90)), 1),
+            "p99": round(float(np.percentile(lat, 99)), 1),
+            "max": round(float(lat.max()), 1),
+        },
+        "model_calls": after["batches"] - before["batches"],
+        "texts_encoded": after["texts"] - before["texts"],
+        "index": str(args.index),
+        "documents": after["documents"],
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
     }
     atomic_write_json(args.out, out)
     print(json.dumps(out, indent=2))

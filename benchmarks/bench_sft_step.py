@@ -10,6 +10,7 @@ that setting's peak. Results are stored under ``--label`` in ``--out`` (other la
 The load average is recorded because the machine may be shared; so is the process's CPU time per step,
 which other jobs on the machine disturb less than the wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--lora-layers", type=int, default=None, help="LoRA on the top N layers (0 = all; default: the trainer's).")
-    ap.add_argument("--grad-cache-chunk", type=int, default=None, help="Gradient caching, N sequences per chunk (0 = off; default: the trainer's).")
+    ap.add_argument(
+        "--grad-cache-chunk",
+        type=int,
+        default=None,
+        help="Gradient caching, N sequences per chunk (0 = off; default: the trainer's).",
+    )
     ap.add_argument("--label", default="default")
     ap.add_argument("--model", default=None, help="Base model (default: built-in SmolLM2).")
     ap.add_argument("--data", action="append", default=None, help="BEIR training folder, repeatable (default: the training mix).")
@@ -51,7 +57,12 @@ def main() -> None:
     if args.grad_cache_chunk is not None:
         extra["grad_cache_chunk"] = args.grad_cache_chunk
     cfg = SFTConfig(
-        out=tempfile.mkdtemp(prefix="bench-sft-"), model=args.model, gradient_checkpointing=args.gradient_checkpointing, show_progress=False, eval_queries=0, **extra
+        out=tempfile.mkdtemp(prefix="bench-sft-"),
+        model=args.model,
+        gradient_checkpointing=args.gradient_checkpointing,
+        show_progress=False,
+        eval_queries=0,
+        **extra,
     )
     data = build_data(cfg)
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)

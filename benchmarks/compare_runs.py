@@ -10,6 +10,7 @@ uninterrupted run of the same settings ends:
 
 Writes benchmarks/results/sft_resume.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,14 @@ def main() -> None:
     if wa.keys() != wb.keys():
         raise SystemExit("the two runs saved different tensors")
     diff = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
-    out = {"a": str(args.a), "b": str(args.b), "final_eval_a": final_eval(args.a), "final_eval_b": final_eval(args.b),
-           "tensors": len(wa), "max_abs_weight_difference": diff}
+    out = {
+        "a": str(args.a),
+        "b": str(args.b),
+        "final_eval_a": final_eval(args.a),
+        "final_eval_b": final_eval(args.b),
+        "tensors": len(wa),
+        "max_abs_weight_difference": diff,
+    }
     atomic_write_json(args.out, out)
     print(json.dumps(out, indent=2))
 

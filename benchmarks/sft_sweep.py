@@ -6,6 +6,7 @@
 Writes benchmarks/results/sft_sweep.json (each run's settings that differ from the others, and its
 last held-out evaluation row).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,26 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sft_sweep.json")
     args = ap.parse_args()
     configs = {r: json.loads((r / "config.json").read_text())["config"] for r in args.runs}
-    varying = sorted({k for c in configs.values() for k in c if k not in {"out", "eval_every"} and len({json.dumps(x.get(k)) for x in configs.values()}) > 1})
+    varying = sorted(
+        {
+            k
+            for c in configs.values()
+            for k in c
+            if k not in {"out", "eval_every"} and len({json.dumps(x.get(k)) for x in configs.values()}) > 1
+        }
+    )
     rows = []
     for run, cfg in configs.items():
         evals = [r for r in read_log(run / "log.jsonl") if "eval_ndcg@10" in r]
         if not evals:
             raise SystemExit(f"{run}: no evaluation rows")
-        rows.append({"run": str(run), **{k: cfg.get(k) for k in varying}, **{k: v for k, v in evals[-1].items() if k == "step" or k.startswith("eval_")}})
+        rows.append(
+            {
+                "run": str(run),
+                **{k: cfg.get(k) for k in varying},
+                **{k: v for k, v in evals[-1].items() if k == "step" or k.startswith("eval_")},
+            }
+        )
     atomic_write_json(args.out, rows)
     for r in rows:
         print(r)

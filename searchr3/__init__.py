@@ -3,6 +3,7 @@
 The public names are imported lazily, so that ``searchr3 --help`` and light submodules do not pay
 for importing torch and transformers.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

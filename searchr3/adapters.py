@@ -8,6 +8,7 @@
   ``SearchProtocol``: with ``reasoning=True`` queries are embedded after the model reasons, which a
   plain encoder interface cannot express. ``mteb.evaluate(MTEBSearchR3(model), tasks)`` runs it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -75,9 +76,14 @@ class STAdapter:
             raise ValueError("free-text prompts are not supported; the model's prompts are set in model.prompts")
         kind = _kind(prompt_name)
         emb = self.model.encode(
-            sentences, kind=kind, reasoning=self.reasoning and kind == "query", batch_size=batch_size,
-            show_progress_bar=bool(show_progress_bar), normalize_embeddings=normalize_embeddings,
-            convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor,
+            sentences,
+            kind=kind,
+            reasoning=self.reasoning and kind == "query",
+            batch_size=batch_size,
+            show_progress_bar=bool(show_progress_bar),
+            normalize_embeddings=normalize_embeddings,
+            convert_to_numpy=convert_to_numpy,
+            convert_to_tensor=convert_to_tensor,
         )
         if truncate_dim is not None:
             emb = emb[..., :truncate_dim]
@@ -111,8 +117,17 @@ def _mteb_base():
 class MTEBSearchR3(_mteb_base()):
     """MTEB 2.x wrapper: ``EncoderProtocol`` (documents/queries by ``prompt_type``) + ``SearchProtocol`` (reasoning queries)."""
 
-    def __init__(self, model: SearchR3 | str | None = None, revision: str | None = None, *, reasoning: bool = False,
-                 batch_size: int = 16, name: str = "searchr3/search-r3", device: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: SearchR3 | str | None = None,
+        revision: str | None = None,
+        *,
+        reasoning: bool = False,
+        batch_size: int = 16,
+        name: str = "searchr3/search-r3",
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         from mteb.models.model_meta import ModelMeta
 
         if model is None or isinstance(model, str):
@@ -121,15 +136,29 @@ class MTEBSearchR3(_mteb_base()):
         self._doc_ids: list[str] = []
         self._doc_emb = np.zeros((0, model.hidden_size), np.float32)
         self.mteb_model_meta = ModelMeta(
-            loader=None, name=name, revision=revision or "local", release_date=None, languages=None,
-            n_parameters=sum(p.numel() for p in model.model.parameters()), memory_usage_mb=None,
-            max_tokens=model.max_length, embed_dim=model.hidden_size, license=None, open_weights=True,
-            public_training_code=None, public_training_data=None, framework=["PyTorch"],
-            similarity_fn_name="cosine", use_instructions=False, training_datasets=None,
+            loader=None,
+            name=name,
+            revision=revision or "local",
+            release_date=None,
+            languages=None,
+            n_parameters=sum(p.numel() for p in model.model.parameters()),
+            memory_usage_mb=None,
+            max_tokens=model.max_length,
+            embed_dim=model.hidden_size,
+            license=None,
+            open_weights=True,
+            public_training_code=None,
+            public_training_data=None,
+            framework=["PyTorch"],
+            similarity_fn_name="cosine",
+            use_instructions=False,
+            training_datasets=None,
         )
 
     # -------------------------------------------------------------- EncoderProtocol
-    def encode(self, inputs, *, task_metadata=None, hf_split: str = "", hf_subset: str = "", prompt_type=None, **kwargs: Any) -> np.ndarray:
+    def encode(
+        self, inputs, *, task_metadata=None, hf_split: str = "", hf_subset: str = "", prompt_type=None, **kwargs: Any
+    ) -> np.ndarray:
         """Embed a DataLoader of ``{"text": [...]}`` batches; queries when ``prompt_type`` is query."""
         from mteb.types import PromptType
 
@@ -139,24 +168,49 @@ class MTEBSearchR3(_mteb_base()):
         return self.model.encode_document(texts, batch_size=self.batch_size)
 
     # -------------------------------------------------------------- SearchProtocol
-    def index(self, corpus, *, task_metadata, hf_split: str, hf_subset: str, encode_kwargs: dict, num_proc: int | None = None, **kwargs: Any) -> None:
+    def index(
+        self,
+        corpus,
+        *,
+        task_metadata,
+        hf_split: str,
+        hf_subset: str,
+        encode_kwargs: dict,
+        num_proc: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Embed the corpus (title + text, as MTEB joins them) and keep it for :meth:`search`."""
         from mteb._create_dataloaders import create_dataloader
         from mteb.types import PromptType
 
-        loader = create_dataloader(corpus, task_metadata=task_metadata, prompt_type=PromptType.document, num_proc=num_proc, **encode_kwargs)
+        loader = create_dataloader(
+            corpus, task_metadata=task_metadata, prompt_type=PromptType.document, num_proc=num_proc, **encode_kwargs
+        )
         self._doc_ids = [str(i) for i in corpus["id"]]
         self._doc_emb = self.encode(loader, task_metadata=task_metadata, prompt_type=PromptType.document)
 
-    def search(self, queries, *, task_metadata, hf_split: str, hf_subset: str, top_k: int, encode_kwargs: dict,
-               top_ranked: dict[str, list[str]] | None = None, num_proc: int | None = None, **kwargs: Any) -> dict[str, dict[str, float]]:
+    def search(
+        self,
+        queries,
+        *,
+        task_metadata,
+        hf_split: str,
+        hf_subset: str,
+        top_k: int,
+        encode_kwargs: dict,
+        top_ranked: dict[str, list[str]] | None = None,
+        num_proc: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, dict[str, float]]:
         """Rank the indexed corpus (or each query's ``top_ranked`` candidates) by cosine similarity."""
         from mteb._create_dataloaders import create_dataloader
         from mteb.types import PromptType
 
         if not self._doc_ids:
             raise RuntimeError("call index(corpus, ...) before search(...)")
-        loader = create_dataloader(queries, task_metadata=task_metadata, prompt_type=PromptType.query, num_proc=num_proc, **encode_kwargs)
+        loader = create_dataloader(
+            queries, task_metadata=task_metadata, prompt_type=PromptType.query, num_proc=num_proc, **encode_kwargs
+        )
         q_emb = self.encode(loader, task_metadata=task_metadata, prompt_type=PromptType.query)
         qids = [str(q) for q in queries["id"]]
         if top_ranked is None:

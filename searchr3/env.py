@@ -62,6 +62,7 @@
 * :meth:`RetrievalEnv.drift` compares the stale index with a fully re-encoded corpus: reward error,
   rank error of the best relevant document, and recall@k of the stale top-k against the true top-k.
 """
+
 from __future__ import annotations
 
 import io
@@ -98,7 +99,9 @@ class EnvConfig:
     seed: int = 0
     fresh_positives: bool = True  # local: re-encode a step's stale relevant documents before scoring
     repair_rounds: int = 3  # lazy: re-encode-and-search rounds per step until what decides the rewards is fresh
-    repair_all: bool = False  # lazy: re-encode every stale top candidate (fresh negatives too), not only those that decide the reward
+    repair_all: bool = (
+        False  # lazy: re-encode every stale top candidate (fresh negatives too), not only those that decide the reward
+    )
     full_at_drift: float = 0.0  # local/lazy: re-encode the whole corpus at a refresh where the rows re-encoded since the last one moved more than this (mean cosine distance; 0 = never)
     repair_margin: float = 0.0  # lazy: also re-encode stale rows below the top whose drift could lift them into it (multiplier of the reach; 0 = off)
     repair_depth: int = 50  # lazy: how deep the margin looks (documents per query)
@@ -180,8 +183,15 @@ def dcg_reward(ranked: Sequence[int], positives: Mapping[int, int], k: int) -> t
 class RetrievalEnv:
     """A corpus of ``size`` documents (positions ``0..size-1``) embedded by ``encode`` into an HNSW graph."""
 
-    def __init__(self, doc_ids: Sequence[str], encode: Encode, config: EnvConfig | None = None,
-                 embeddings: np.ndarray | None = None, versions: np.ndarray | None = None, version: int = 0) -> None:
+    def __init__(
+        self,
+        doc_ids: Sequence[str],
+        encode: Encode,
+        config: EnvConfig | None = None,
+        embeddings: np.ndarray | None = None,
+        versions: np.ndarray | None = None,
+        version: int = 0,
+    ) -> None:
         self.config = config or EnvConfig()
         self.doc_ids = list(doc_ids)
         if len(set(self.doc_ids)) != len(self.doc_ids):
@@ -199,8 +209,9 @@ class RetrievalEnv:
             raise ValueError(f"expected {self.size} embeddings, got shape {embeddings.shape}")
         self.emb = embeddings
         self.versions = np.zeros(self.size, np.int64) if versions is None else np.asarray(versions, np.int64).copy()
-        self.index = HnswGraph.build(self.emb, space="ip", M=self.config.M, ef_construction=max(200, self.config.ef),
-                                     seed=self.config.seed, num_threads=1)
+        self.index = HnswGraph.build(
+            self.emb, space="ip", M=self.config.M, ef_construction=max(200, self.config.ef), seed=self.config.seed, num_threads=1
+        )
         self.index.set_ef(max(self.config.ef, self.config.candidates + self.config.neighbours + 1))
         self._touched: set[int] = set()
         self._since_refresh = _Reencoded()
@@ -257,9 +268,15 @@ class RetrievalEnv:
             raise ValueError(f"{len(queries)} queries, {len(query_embeddings)} embeddings and {len(positives)} positive sets")
         return self._rank(query_embeddings, self._positions(queries, positives))[1]
 
-    def step(self, queries: Sequence[str], query_embeddings: np.ndarray, positives: Sequence[Mapping[str, int]],
-             emitted: Sequence[bool] | None = None, hit_limit: Sequence[bool] | None = None,
-             direct: np.ndarray | None = None) -> StepResult:
+    def step(
+        self,
+        queries: Sequence[str],
+        query_embeddings: np.ndarray,
+        positives: Sequence[Mapping[str, int]],
+        emitted: Sequence[bool] | None = None,
+        hit_limit: Sequence[bool] | None = None,
+        direct: np.ndarray | None = None,
+    ) -> StepResult:
         """Score each query embedding by the rank of its relevant documents; remember what was touched.
 
         ``queries`` are ids (for error messages), ``positives`` each query's {doc id: grade};
@@ -414,8 +431,18 @@ class RetrievalEnv:
         self._touched.clear()
         age = self.version - self.versions
         per_row = max(1, done.rows)
-        return RefreshStats(self.version, done.rows, done.rows / self.size, touched, float(age.mean()), int(age.max()),
-                            time.perf_counter() - start, done.seconds, done.distance / per_row, done.age / per_row)
+        return RefreshStats(
+            self.version,
+            done.rows,
+            done.rows / self.size,
+            touched,
+            float(age.mean()),
+            int(age.max()),
+            time.perf_counter() - start,
+            done.seconds,
+            done.distance / per_row,
+            done.age / per_row,
+        )
 
     def update(self, positions: Sequence[int], embeddings: np.ndarray | None = None) -> None:
         """Write new vectors (encoded now unless given) for ``positions`` into the graph and the mirror."""
@@ -468,16 +495,25 @@ class RetrievalEnv:
             rank_stale = 1 + int((stale_scores[i] > stale_scores[i, best]).sum())
             rank_err.append(abs(rank_true - rank_stale))
             recall.append(len(set(order[: cfg.k].tolist()) & set(result.candidates[i][: cfg.k])) / cfg.k)
-        return {"reward_error": float(np.mean(rew_err)), "rank_error": float(np.mean(rank_err)),
-                f"recall@{cfg.k}": float(np.mean(recall))}
+        return {
+            "reward_error": float(np.mean(rew_err)),
+            "rank_error": float(np.mean(rank_err)),
+            f"recall@{cfg.k}": float(np.mean(recall)),
+        }
 
     # ------------------------------------------------------------------ persistence
     def state_bytes(self) -> bytes:
         """The index state (vectors, versions, ids, config) as ``.npz`` bytes; the graph is rebuilt on load."""
         buf = io.BytesIO()
-        np.savez(buf, emb=self.emb, versions=self.versions, version=np.int64(self.version),
-                 doc_ids=np.array(self.doc_ids), total_encoded=np.int64(self.total_encoded),
-                 config=np.array(repr(asdict(self.config))))
+        np.savez(
+            buf,
+            emb=self.emb,
+            versions=self.versions,
+            version=np.int64(self.version),
+            doc_ids=np.array(self.doc_ids),
+            total_encoded=np.int64(self.total_encoded),
+            config=np.array(repr(asdict(self.config))),
+        )
         return buf.getvalue()
 
     def save(self, path: str | Path) -> None:
@@ -487,20 +523,30 @@ class RetrievalEnv:
     def load(cls, path: str | Path, encode: Encode, config: EnvConfig | None = None) -> "RetrievalEnv":
         """Restore a saved state (``config`` overrides the saved settings, e.g. another refresh policy)."""
         with np.load(path) as z:
-            env = cls([str(d) for d in z["doc_ids"]], encode, config, embeddings=z["emb"], versions=z["versions"],
-                      version=int(z["version"]))
+            env = cls(
+                [str(d) for d in z["doc_ids"]],
+                encode,
+                config,
+                embeddings=z["emb"],
+                versions=z["versions"],
+                version=int(z["version"]),
+            )
             env.total_encoded = int(z["total_encoded"])
         return env
 
 
-def model_encoder(model, texts: Sequence[str], batch_size: int = 16, show_progress_bar: bool = False,
-                  max_length: int | None = None) -> Encode:
+def model_encoder(
+    model, texts: Sequence[str], batch_size: int = 16, show_progress_bar: bool = False, max_length: int | None = None
+) -> Encode:
     """An :data:`Encode` over ``texts`` with a :class:`~searchr3.SearchR3` (documents, direct, normalised),
     in eval mode and at ``max_length`` tokens (default: the model's)."""
 
     def encode(positions: list[int]) -> np.ndarray:
         with model.evaluating(max_length):
-            return model.encode_document([texts[i] for i in positions], batch_size=batch_size,
-                                         show_progress_bar=show_progress_bar and len(positions) > 4 * batch_size)
+            return model.encode_document(
+                [texts[i] for i in positions],
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar and len(positions) > 4 * batch_size,
+            )
 
     return encode

@@ -63,9 +63,7 @@ class Encoder(Protocol):
         reasoning: bool = ...,
     ) -> np.ndarray: ...
 
-    def encode_document(
-        self, texts: Sequence[str], *, batch_size: int = ..., show_progress_bar: bool = ...
-    ) -> np.ndarray: ...
+    def encode_document(self, texts: Sequence[str], *, batch_size: int = ..., show_progress_bar: bool = ...) -> np.ndarray: ...
 
 
 # (name, encoder or "bm25", query mode: False/True/"mix"[, reasoning settings: samples, mix_weight, temperature, ...])
@@ -100,10 +98,7 @@ def encode_corpus(
 
 def top_k(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
     """Each query's ``k`` best documents in trec_eval's order (score, then doc id, descending)."""
-    return {
-        qid: dict(sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)[:k])
-        for qid, docs in run.items()
-    }
+    return {qid: dict(sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)[:k]) for qid, docs in run.items()}
 
 
 def compute_metrics(
@@ -127,9 +122,9 @@ def compute_metrics(
         full = pytrec_eval.RelevanceEvaluator(
             judged_qrels, {"ndcg_cut_10", "recall_100"}, relevance_level=relevance_level
         ).evaluate(judged_run)
-        cut = pytrec_eval.RelevanceEvaluator(
-            judged_qrels, {"recip_rank"}, relevance_level=relevance_level
-        ).evaluate(top_k(judged_run, _MRR_CUTOFF))
+        cut = pytrec_eval.RelevanceEvaluator(judged_qrels, {"recip_rank"}, relevance_level=relevance_level).evaluate(
+            top_k(judged_run, _MRR_CUTOFF)
+        )
         for qid in judged_run:
             values[qid] = {
                 "ndcg@10": full[qid]["ndcg_cut_10"],
@@ -169,23 +164,21 @@ def evaluate_encoder(
     ``seconds_per_query`` is query-encoding wall time over the number of queries (batched).
     """
     if corpus_embeddings is None:
-        corpus_embeddings = encode_corpus(
-            encoder, dataset.corpus, batch_size=batch_size, show_progress_bar=show_progress_bar
-        )
+        corpus_embeddings = encode_corpus(encoder, dataset.corpus, batch_size=batch_size, show_progress_bar=show_progress_bar)
     elif corpus_embeddings.doc_ids != list(dataset.corpus):
         raise ValueError("corpus_embeddings were computed for a different corpus")
     qids = _judged_ids(dataset)
     if queries is None:
-        queries = encode_queries(encoder, [dataset.queries[q] for q in qids], [reasoning], generation, batch_size, show_progress_bar)[mode_label(reasoning)]
+        queries = encode_queries(
+            encoder, [dataset.queries[q] for q in qids], [reasoning], generation, batch_size, show_progress_bar
+        )[mode_label(reasoning)]
     query_emb, stats = queries
     stats = dict(stats)
     query_seconds = stats.pop("seconds")
     query_emb = as_numpy(query_emb)
     _check_embeddings(query_emb, len(qids), "query")
     start = time.perf_counter()
-    run = dense_retrieve(
-        query_emb, corpus_embeddings.embeddings, corpus_embeddings.doc_ids, qids, k
-    )
+    run = dense_retrieve(query_emb, corpus_embeddings.embeddings, corpus_embeddings.doc_ids, qids, k)
     retrieval_seconds = time.perf_counter() - start
     return _result(
         dataset,
@@ -218,7 +211,9 @@ def encode_queries(
         if set(wanted) == {"off"}:
             gen = {}  # reasoning settings are refused by the direct mode alone; they do not apply to it
         # One call: "off" and "mix" share the direct pass, "on" and "mix" the rollouts.
-        out = encoder.encode_query_modes(texts, list(wanted.values()), batch_size=batch_size, show_progress_bar=show_progress_bar, **gen)
+        out = encoder.encode_query_modes(
+            texts, list(wanted.values()), batch_size=batch_size, show_progress_bar=show_progress_bar, **gen
+        )
         for k in out:
             if gen and k != "off":
                 out[k][1]["generation"] = gen
@@ -246,9 +241,7 @@ def evaluate_bm25(
     index_seconds = time.perf_counter() - start
     qids = _judged_ids(dataset)
     start = time.perf_counter()
-    run = retriever.search(
-        {q: dataset.queries[q] for q in qids}, k, show_progress_bar=show_progress_bar
-    )
+    run = retriever.search({q: dataset.queries[q] for q in qids}, k, show_progress_bar=show_progress_bar)
     search_seconds = time.perf_counter() - start
     return _result(
         dataset,
@@ -314,7 +307,9 @@ def run_evaluation(
             key = (id(system), _settings_key(settings))
             if key not in query_cache:
                 texts = [dataset.queries[q] for q in qids]
-                query_cache[key] = encode_queries(system, texts, modes[key], settings[0] if settings else None, batch_size, show_progress_bar)
+                query_cache[key] = encode_queries(
+                    system, texts, modes[key], settings[0] if settings else None, batch_size, show_progress_bar
+                )
             result = evaluate_encoder(
                 system,
                 dataset,
@@ -346,7 +341,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) ->
     for row in rows:
         table.add_row(
             str(row["system"]),
-            mode_label(row["reasoning"]) + (f" ×{row['generation']['samples']}" if row.get("generation", {}).get("samples", 1) > 1 else ""),
+            mode_label(row["reasoning"])
+            + (f" ×{row['generation']['samples']}" if row.get("generation", {}).get("samples", 1) > 1 else ""),
             *(f"{row[m]:.4f}" for m in METRICS),
             f"{row['seconds_per_query']:.3g}",
             f"{row['emit_rate']:.2f}" if "emit_rate" in row else "-",
@@ -373,9 +369,7 @@ def _judged_ids(dataset: BeirDataset) -> list[str]:
     return qids
 
 
-def _result(
-    dataset: BeirDataset, run: Run, per_query: bool, **timings: float | bool
-) -> dict[str, Any]:
+def _result(dataset: BeirDataset, run: Run, per_query: bool, **timings: float | bool) -> dict[str, Any]:
     """Metrics, then ``timings``, ``num_docs`` and the ``run`` itself."""
     return {
         **compute_metrics(dataset.qrels, run, per_query=per_query),
@@ -391,6 +385,4 @@ def _check_embeddings(emb: np.ndarray, rows: int, what: str) -> None:
         raise ValueError(f"expected {rows} {what} embeddings as a 2-D array, got shape {emb.shape}")
     norms = np.linalg.norm(emb, axis=1)
     if rows and not np.allclose(norms, 1.0, atol=1e-2):
-        raise ValueError(
-            f"{what} embeddings are not L2-normalised (norms {norms.min():.3g}..{norms.max():.3g})"
-        )
+        raise ValueError(f"{what} embeddings are not L2-normalised (norms {norms.min():.3g}..{norms.max():.3g})")

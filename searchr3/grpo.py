@@ -21,6 +21,7 @@ does), the environment must be refreshed with the updated weights after every op
 and the contrastive term needs that hidden state with grad inside the same loss; TRL's reward
 functions only see decoded text and its loss has no hook for a second term.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,7 +76,9 @@ class GRPOConfig:
     hard_below: float = 0.0
     # the update: a LoRA adapter on the initial model (which stays the KL reference), AdamW
     lr: float = 5e-5
-    lr_schedule: str = "linear"  # linear: from lr down to lr/steps at the last step (the index moves less late in the run); constant
+    lr_schedule: str = (
+        "linear"  # linear: from lr down to lr/steps at the last step (the index moves less late in the run); constant
+    )
     lora_r: int = 8
     lora_alpha: int = 16
     # the adapter trains only the top N decoder layers (0, or N >= the model's: all). The documents' hidden states below them
@@ -260,7 +263,10 @@ class GRPOTrainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.queries, self.qrels, self.doc_ids, self.doc_texts = load_training_data(cfg)
-        meta = {"init": model_source(cfg.init), "data_digest": data_digest(self.queries, self.qrels, self.doc_ids, self.doc_texts)}
+        meta = {
+            "init": model_source(cfg.init),
+            "data_digest": data_digest(self.queries, self.qrels, self.doc_ids, self.doc_texts),
+        }
         self.folder = RunFolder(cfg.out, "RL", asdict(cfg), meta, resumable=_RESUMABLE, defaults=dataclass_defaults(GRPOConfig))
         has_checkpoint = self.dist.open_folder(self.folder, resume)
         m = model if model is not None else SearchR3.from_pretrained(cfg.init, bf16=cfg.bf16)
@@ -274,14 +280,27 @@ class GRPOTrainer:
         # asks for the same re-encodes, which are split over the ranks and all-gathered (Dist.encoder):
         # the replicas stay identical, bit for bit, with no index broadcast and the encoding in parallel.
         n_layers = len(m.decoder_and_head()[0].layers)
-        self.first_adapted = n_layers - cfg.lora_layers if 0 < cfg.lora_layers < n_layers else 0  # as stage 1: N >= the model's = all
+        self.first_adapted = (
+            n_layers - cfg.lora_layers if 0 < cfg.lora_layers < n_layers else 0
+        )  # as stage 1: N >= the model's = all
         self.env = self._initial_env()
         if cfg.hard_below > 0:
             self.queries = self._hard_queries()
-        m.model = get_peft_model(m.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                     target_modules=lora_targets(m.model), task_type="CAUSAL_LM",
-                                                     **({"layers_to_transform": list(range(self.first_adapted, n_layers)), "layers_pattern": "layers"}
-                                                        if self.first_adapted else {})))
+        m.model = get_peft_model(
+            m.model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=lora_targets(m.model),
+                task_type="CAUSAL_LM",
+                **(
+                    {"layers_to_transform": list(range(self.first_adapted, n_layers)), "layers_pattern": "layers"}
+                    if self.first_adapted
+                    else {}
+                ),
+            ),
+        )
         self.params = [p for p in m.model.parameters() if p.requires_grad]
         self.dist.broadcast_parameters(self.params)
         self.opt = self.dist.acc.prepare(torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0))
@@ -304,30 +323,50 @@ class GRPOTrainer:
             from .trunk import cached_trunk
 
             key = corpus_key(f"{fingerprint}|trunk_layer={self.first_adapted}", self.doc_ids, self.doc_texts)
-            self.trunk, built = cached_trunk(m, self.doc_texts, self.first_adapted, key=key, cache_dir=self.corpus_cache,
-                                             batch_size=cfg.encode_batch_size, max_length=cfg.doc_max_length,
-                                             show_progress_bar=cfg.show_progress_bar, write=self.dist.is_main)
+            self.trunk, built = cached_trunk(
+                m,
+                self.doc_texts,
+                self.first_adapted,
+                key=key,
+                cache_dir=self.corpus_cache,
+                batch_size=cfg.encode_batch_size,
+                max_length=cfg.doc_max_length,
+                show_progress_bar=cfg.show_progress_bar,
+                write=self.dist.is_main,
+            )
             direct = self.trunk.encoder(m, cfg.encode_batch_size)
         else:
             self.trunk = None
             direct = model_encoder(m, self.doc_texts, cfg.encode_batch_size, cfg.show_progress_bar, cfg.doc_max_length)
         encode = self.dist.encoder(direct)
         # a trunk built just now came with the embeddings of the same passes: no second encode
-        emb = cached_encode(encode if built is None else (lambda positions: built[positions]), self.doc_ids, self.doc_texts,
-                            fingerprint=fingerprint, cache_dir=self.corpus_cache, write=self.dist.is_main)
+        emb = cached_encode(
+            encode if built is None else (lambda positions: built[positions]),
+            self.doc_ids,
+            self.doc_texts,
+            fingerprint=fingerprint,
+            cache_dir=self.corpus_cache,
+            write=self.dist.is_main,
+        )
         return RetrievalEnv(self.doc_ids, encode, cfg.env, embeddings=emb.embeddings)
 
     def _hard_queries(self) -> dict[str, str]:
         """The training queries whose direct embedding, by the initial model (a resume picks the same
         ones), scores nDCG@k below ``hard_below`` in the initial environment."""
         qids = list(self.queries)
-        direct = self.model.encode_query([self.queries[q] for q in qids], batch_size=self.cfg.encode_batch_size,
-                                         convert_to_numpy=True, show_progress_bar=self.cfg.show_progress_bar)
+        direct = self.model.encode_query(
+            [self.queries[q] for q in qids],
+            batch_size=self.cfg.encode_batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=self.cfg.show_progress_bar,
+        )
         ndcg = self.env.score(qids, direct, [self.qrels[q] for q in qids])
         keep = {q: self.queries[q] for q, s in zip(qids, ndcg) if s < self.cfg.hard_below}
         if len(keep) < self.cfg.queries_per_step:
-            raise ValueError(f"only {len(keep)} of {len(qids)} training queries score nDCG@{self.cfg.env.k} below "
-                             f"hard_below={self.cfg.hard_below} by the direct embedding; need queries_per_step={self.cfg.queries_per_step}")
+            raise ValueError(
+                f"only {len(keep)} of {len(qids)} training queries score nDCG@{self.cfg.env.k} below "
+                f"hard_below={self.cfg.hard_below} by the direct embedding; need queries_per_step={self.cfg.queries_per_step}"
+            )
         log.info("hard_below=%s: %d of %d training queries", self.cfg.hard_below, len(keep), len(qids))
         return keep
 
@@ -374,8 +413,15 @@ class GRPOTrainer:
         hi = lo + len(everyone) // d.world
         rep = everyone[lo:hi]
         m.model.eval()
-        ro = m.reason([self.queries[q] for q in rep], batch_size=len(rep), do_sample=True, temperature=cfg.sampling_temperature,
-                      top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=[rollout_seed(cfg.seed, self.step, k) for k in range(lo, hi)])
+        ro = m.reason(
+            [self.queries[q] for q in rep],
+            batch_size=len(rep),
+            do_sample=True,
+            temperature=cfg.sampling_temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=[rollout_seed(cfg.seed, self.step, k) for k in range(lo, hi)],
+        )
         t_gen = time.perf_counter() - t0
         comp = ro.completion_ids
         parts = d.gather_objects((ro.embeddings.numpy(), list(ro.emitted), [len(c) for c in comp]))
@@ -387,7 +433,9 @@ class GRPOTrainer:
         scored = rollout_query_embeddings(cfg, np.concatenate([e for e, _, _ in parts]), direct)
         res = env.step(everyone, scored, [self.qrels[q] for q in everyone], emitted, hit_limit, direct)
         dev = m.device
-        adv = group_advantages(torch.from_numpy(res.rewards[lo:hi]), cfg.group, baseline=None if cfg.reward == "ndcg" else 0.0).to(dev)
+        adv = group_advantages(
+            torch.from_numpy(res.rewards[lo:hi]), cfg.group, baseline=None if cfg.reward == "ndcg" else 0.0
+        ).to(dev)
         # The token that ends a rollout is an action only where the model emitted it itself.
         m.model.train()
         logp, emb, mask = sequence_logprobs(m, ro.prompt_ids, comp)
@@ -424,16 +472,33 @@ class GRPOTrainer:
         seconds = time.perf_counter() - t0
         lengths = [n for _, _, ns in parts for n in ns]
         return {
-            "step": self.step, "reward": float(res.rewards.mean()), "reward_std": float(res.rewards.std()),
-            "ndcg": float(res.ndcg.mean()), **({} if res.direct_ndcg is None else {"direct_ndcg": float(res.direct_ndcg.mean())}),
+            "step": self.step,
+            "reward": float(res.rewards.mean()),
+            "reward_std": float(res.rewards.std()),
+            "ndcg": float(res.ndcg.mean()),
+            **({} if res.direct_ndcg is None else {"direct_ndcg": float(res.direct_ndcg.mean())}),
             "hit_limit": float(np.mean(hit_limit)),
             "mean_rank": float(np.mean([r if r else cfg.env.candidates + 1 for r in res.ranks])),
-            "emitted": float(np.mean(emitted)), "completion_tokens": float(np.mean(lengths)),
-            "loss": glob[0], "pg": glob[1], "kl": glob[2], "nce": glob[3], "nce_docs": len(docs), "grad_norm": float(grad_norm), "lr": lr,
-            "encoded": stats.encoded, "encoded_share": stats.share, "mean_age": stats.mean_age,
-            "doc_drift": stats.drift, "doc_drift_age": stats.drift_age,
-            "gen_seconds": t_gen, "refresh_seconds": stats.encode_seconds, "seconds": seconds,
-            "refresh_share": stats.encode_seconds / seconds, "processes": d.world, "queries": len(self.queries),
+            "emitted": float(np.mean(emitted)),
+            "completion_tokens": float(np.mean(lengths)),
+            "loss": glob[0],
+            "pg": glob[1],
+            "kl": glob[2],
+            "nce": glob[3],
+            "nce_docs": len(docs),
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+            "encoded": stats.encoded,
+            "encoded_share": stats.share,
+            "mean_age": stats.mean_age,
+            "doc_drift": stats.drift,
+            "doc_drift_age": stats.drift_age,
+            "gen_seconds": t_gen,
+            "refresh_seconds": stats.encode_seconds,
+            "seconds": seconds,
+            "refresh_share": stats.encode_seconds / seconds,
+            "processes": d.world,
+            "queries": len(self.queries),
         }
 
     def train(self) -> Path:
@@ -456,7 +521,11 @@ class GRPOTrainer:
             self.model.save_pretrained(self.folder.final, merge=self.merged_init)
             from .plots import plot_curves
 
-            plot_curves(self.log_path, self.out / "reward.png", ["reward", "ndcg", "direct_ndcg", "emitted", "hit_limit", "mean_rank", "kl", "nce"])
+            plot_curves(
+                self.log_path,
+                self.out / "reward.png",
+                ["reward", "ndcg", "direct_ndcg", "emitted", "hit_limit", "mean_rank", "kl", "nce"],
+            )
             plot_curves(self.log_path, self.out / "env.png", ["encoded", "refresh_share", "doc_drift", "mean_age"])
         self.dist.barrier()  # the final model exists when any rank returns
         return self.folder.final

@@ -20,6 +20,7 @@ different model raises :class:`ModelMismatchError`, because its vectors would be
 
 Building encodes in chunks saved under ``<out>.partial/``: an interrupted build resumes there.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -150,7 +151,9 @@ def _read_jsonl(path: Path) -> list[Doc]:
         try:
             rec["text"].encode("utf-8")
         except UnicodeEncodeError as e:  # a lone surrogate escape ("\ud800") is valid JSON but not text
-            raise CorpusError(f"{path}:{n}: the text holds a lone surrogate ({e.object[e.start]!r}), which is not valid Unicode text") from None
+            raise CorpusError(
+                f"{path}:{n}: the text holds a lone surrogate ({e.object[e.start]!r}), which is not valid Unicode text"
+            ) from None
         if did in seen:
             raise CorpusError(f"{path}:{n}: duplicate id {did!r}")
         seen.add(did)
@@ -167,7 +170,9 @@ def _read_jsonl(path: Path) -> list[Doc]:
 class Index:
     """Vectors + documents + metadata. Create with :meth:`new` or :meth:`load`; persist with :meth:`save`."""
 
-    def __init__(self, meta: IndexMeta, docs: list[Doc], vectors: np.ndarray | None = None, graph: Any = None, faiss_index: Any = None):
+    def __init__(
+        self, meta: IndexMeta, docs: list[Doc], vectors: np.ndarray | None = None, graph: Any = None, faiss_index: Any = None
+    ):
         self.meta = meta
         self.docs = docs
         self._vectors = vectors if vectors is not None else np.zeros((0, meta.dim), np.float32)
@@ -176,7 +181,9 @@ class Index:
         self._ids = {d.id for d in docs}
 
     @classmethod
-    def new(cls, model: Any, model_name: str | None, *, exact_threshold: int = 20_000, store_text: bool = True, compact: str = "none") -> "Index":
+    def new(
+        cls, model: Any, model_name: str | None, *, exact_threshold: int = 20_000, store_text: bool = True, compact: str = "none"
+    ) -> "Index":
         """An empty index for ``model`` (a SearchR3); ``compact="int8"`` stores 1 byte per dimension (FAISS)."""
         from .backbone import model_source
 
@@ -233,7 +240,11 @@ class Index:
             # The quantizer's per-dimension ranges are trained on what is there: a flat index is rebuilt on
             # every add (cheap below the threshold), so new vectors outside the old ranges are not clipped.
             if crossing or self._faiss is None or self.meta.backend == "exact":
-                old = self._faiss.reconstruct_n(0, start) if self._faiss is not None and start else np.zeros((0, self.meta.dim), np.float32)
+                old = (
+                    self._faiss.reconstruct_n(0, start)
+                    if self._faiss is not None and start
+                    else np.zeros((0, self.meta.dim), np.float32)
+                )
                 if crossing:
                     self.meta.backend = "hnsw"
                 self._faiss = self._build_faiss(np.concatenate([old, vectors]))
@@ -287,7 +298,11 @@ class Index:
         else:
             scores, labels = exact_top_k(q, self._vectors, k)
         return [
-            [Hit(r + 1, self.docs[int(i)].id, float(s), self.docs[int(i)].text or None) for r, (i, s) in enumerate(zip(row_l, row_s)) if i >= 0]
+            [
+                Hit(r + 1, self.docs[int(i)].id, float(s), self.docs[int(i)].text or None)
+                for r, (i, s) in enumerate(zip(row_l, row_s))
+                if i >= 0
+            ]
             for row_l, row_s in zip(labels, scores)
         ]
 
@@ -314,7 +329,10 @@ class Index:
         """Write the index folder atomically (replacing any old one)."""
         path = Path(path)
         with atomic_directory(path) as tmp:
-            lines = (json.dumps({"id": d.id, "text": d.text} if self.meta.store_text else {"id": d.id}, ensure_ascii=False) for d in self.docs)
+            lines = (
+                json.dumps({"id": d.id, "text": d.text} if self.meta.store_text else {"id": d.id}, ensure_ascii=False)
+                for d in self.docs
+            )
             (tmp / DOCS).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             self.meta.checksums = {}
             if self._faiss is not None:
@@ -359,7 +377,9 @@ class Index:
         except (ValueError, EOFError, OSError) as e:
             raise IndexFormatError(f"{f} is corrupted: {e or 'empty file'}") from None
         if not isinstance(vectors, np.ndarray) or vectors.dtype.kind != "f":
-            raise IndexFormatError(f"{f} holds {getattr(vectors, 'dtype', type(vectors).__name__)} values, expected float32 vectors")
+            raise IndexFormatError(
+                f"{f} holds {getattr(vectors, 'dtype', type(vectors).__name__)} values, expected float32 vectors"
+            )
         if vectors.shape != (meta.count, meta.dim):
             raise IndexFormatError(f"{f} has shape {list(vectors.shape)}, expected {[meta.count, meta.dim]}")
         vectors = vectors.astype(np.float32, copy=False)
@@ -379,7 +399,9 @@ def _check_finite(vectors: np.ndarray, where: Path) -> None:
     ok = np.isfinite(vectors).all(axis=1)
     if not ok.all():
         rows = np.flatnonzero(~ok)
-        raise IndexFormatError(f"{where}: {len(rows)} vectors contain NaN or inf (first at row {int(rows[0])}): the index is corrupted, rebuild it")
+        raise IndexFormatError(
+            f"{where}: {len(rows)} vectors contain NaN or inf (first at row {int(rows[0])}): the index is corrupted, rebuild it"
+        )
 
 
 def _load_faiss(f: Path, meta: IndexMeta):
@@ -402,16 +424,29 @@ def _load_faiss(f: Path, meta: IndexMeta):
     return idx
 
 
-_HNSW_HEADER = np.dtype([
-    ("offset_level0", "<u8"), ("max_elements", "<u8"), ("count", "<u8"), ("size_per_element", "<u8"),
-    ("label_offset", "<u8"), ("offset_data", "<u8"), ("max_level", "<i4"), ("entry_point", "<u4"),
-    ("max_m", "<u8"), ("max_m0", "<u8"), ("m", "<u8"), ("mult", "<f8"), ("ef_construction", "<u8"),
-])
+_HNSW_HEADER = np.dtype(
+    [
+        ("offset_level0", "<u8"),
+        ("max_elements", "<u8"),
+        ("count", "<u8"),
+        ("size_per_element", "<u8"),
+        ("label_offset", "<u8"),
+        ("offset_data", "<u8"),
+        ("max_level", "<i4"),
+        ("entry_point", "<u4"),
+        ("max_m", "<u8"),
+        ("max_m0", "<u8"),
+        ("m", "<u8"),
+        ("mult", "<f8"),
+        ("ef_construction", "<u8"),
+    ]
+)
 
 
 def _check_hnsw_file(f: Path, meta: IndexMeta) -> None:
     """Parse hnswlib's file layout (hnswalg.h ``saveIndex``) and bounds-check it, so a corrupted file
     is an :class:`IndexFormatError` instead of a segmentation fault inside ``load_index``/``knn_query``."""
+
     def bad(why: str) -> IndexFormatError:
         return IndexFormatError(f"{f} is corrupted ({why}): rebuild the index")
 
@@ -427,7 +462,11 @@ def _check_hnsw_file(f: Path, meta: IndexMeta) -> None:
         raise bad(f"header says {n} vectors (room for {int(h['max_elements'])}), meta.json says {meta.count}")
     if not 1 <= m <= 10_000 or int(h["max_m"]) != m or int(h["max_m0"]) != 2 * m:
         raise bad(f"header has M={m}, maxM={int(h['max_m'])}, maxM0={int(h['max_m0'])}")
-    if int(h["offset_data"]) != links0 or int(h["label_offset"]) != links0 + 4 * dim or int(h["size_per_element"]) != links0 + 4 * dim + 8:
+    if (
+        int(h["offset_data"]) != links0
+        or int(h["label_offset"]) != links0 + 4 * dim
+        or int(h["size_per_element"]) != links0 + 4 * dim + 8
+    ):
         raise bad(f"element layout does not fit vectors of dim {dim}")
     if not 0 <= int(h["max_level"]) < 64 or (n and int(h["entry_point"]) >= n):
         raise bad("entry point or level out of range")
@@ -506,6 +545,7 @@ def _read_meta(path: Path) -> IndexMeta:
 
 def _check_meta(meta: IndexMeta, where: Path) -> None:
     """Each field of meta.json has the type and range a real index has: a bad one is named, not misdiagnosed later."""
+
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -528,7 +568,9 @@ def _check_meta(meta: IndexMeta, where: Path) -> None:
     ]
     for name, ok, want in checks:
         if not ok:
-            raise IndexFormatError(f"{where}: {name} is {getattr(meta, name)!r}, expected {want}: the index metadata is corrupted")
+            raise IndexFormatError(
+                f"{where}: {name} is {getattr(meta, name)!r}, expected {want}: the index metadata is corrupted"
+            )
 
 
 def _read_docs(path: Path) -> list[Doc]:
@@ -554,7 +596,13 @@ def _read_docs(path: Path) -> list[Doc]:
 
 # ---------------------------------------------------------------------------------------- building
 def encode_documents(
-    model: Any, docs: Sequence[Doc], *, batch_size: int = 16, chunk_size: int = 256, work_dir: Path | None = None, show_progress_bar: bool = True
+    model: Any,
+    docs: Sequence[Doc],
+    *,
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    work_dir: Path | None = None,
+    show_progress_bar: bool = True,
 ) -> np.ndarray:
     """Encode documents chunk by chunk through :func:`searchr3.retrieval.cached_encode`: with ``work_dir``,
     finished chunks are kept there (by model fingerprint and corpus) and reused on restart."""
@@ -565,8 +613,15 @@ def encode_documents(
     def encode(positions: list[int]) -> np.ndarray:
         return model.encode_document([texts[i] for i in positions], batch_size=batch_size)
 
-    return cached_encode(encode, [d.id for d in docs], texts, fingerprint=model.fingerprint(), cache_dir=work_dir,
-                         chunk_size=chunk_size, show_progress_bar=show_progress_bar).embeddings
+    return cached_encode(
+        encode,
+        [d.id for d in docs],
+        texts,
+        fingerprint=model.fingerprint(),
+        cache_dir=work_dir,
+        chunk_size=chunk_size,
+        show_progress_bar=show_progress_bar,
+    ).embeddings
 
 
 def build_index(

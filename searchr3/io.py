@@ -10,6 +10,7 @@ expected) is refused with :class:`OutputPathError` instead of being replaced. Ne
 get the usual permissions under the process umask (``0666``/``0777`` minus the umask), not the
 private ``0600``/``0700`` of temporary files, so what one account writes another can read.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,13 @@ def current_umask() -> int:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISFIFO, "FIFO")):
+    for test, name in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISFIFO, "FIFO"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -110,7 +116,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path, st = _resolve(path)
     if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise OutputPathError(f"{path} is a {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'file'}, not a folder: refusing to replace it")
+        raise OutputPathError(
+            f"{path} is a {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'file'}, not a folder: refusing to replace it"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o777 & ~current_umask())

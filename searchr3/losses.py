@@ -6,6 +6,7 @@
 * :func:`kl_to_reference` — KL(policy || reference) per token on the same positions, for keeping
   the model's language ability near the frozen base.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,11 @@ import torch.nn.functional as F
 
 
 def info_nce(
-    query: torch.Tensor, docs: torch.Tensor, positive: torch.Tensor, temperature: float = 0.05, exclude: torch.Tensor | None = None
+    query: torch.Tensor,
+    docs: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float = 0.05,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of picking ``docs[positive[i]]`` for ``query[i]`` among all ``docs``.
 
@@ -33,7 +38,9 @@ def info_nce(
     return F.cross_entropy(logits, positive)
 
 
-def triplet_margin(query: torch.Tensor, docs: torch.Tensor, positive: torch.Tensor, margin: float = 0.1, exclude: torch.Tensor | None = None) -> torch.Tensor:
+def triplet_margin(
+    query: torch.Tensor, docs: torch.Tensor, positive: torch.Tensor, margin: float = 0.1, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean ``relu(margin - cos(q, pos) + max_neg cos(q, neg))`` with the hardest negative per query.
 
     ``exclude`` (bool ``[B, N]``) marks further documents that are not negatives for a query
@@ -86,4 +93,3 @@ def matryoshka_info_nce(
         raise ValueError(f"Matryoshka dimensions must be in [1, {full}], got {list(dims)}")
     terms = [info_nce(query[..., :d], docs[..., :d], positive, temperature, exclude) for d in [full, *sizes]]
     return torch.stack(terms).mean()
-

@@ -11,6 +11,7 @@ Two ways to get an embedding, both ending at the same token:
 
 The embedding is the final-layer hidden state after the final norm, L2-normalised by default.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,7 +99,12 @@ def _check_batch_size(batch_size: Any) -> None:
 def _check_sampling(temperature: Any, top_p: Any) -> None:
     import math
 
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:  # NaN fails the comparison too
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
@@ -300,8 +306,8 @@ class SearchR3:
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for i, x in enumerate(ids):
             if left:
-                input_ids[i, width - len(x):] = torch.tensor(x)
-                mask[i, width - len(x):] = 1
+                input_ids[i, width - len(x) :] = torch.tensor(x)
+                mask[i, width - len(x) :] = 1
             else:
                 input_ids[i, : len(x)] = torch.tensor(x)
                 mask[i, : len(x)] = 1
@@ -320,7 +326,11 @@ class SearchR3:
         return lm.base_model, lm.get_output_embeddings()
 
     def hidden_at(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor, prefix: tuple[DynamicCache, int] | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        index: torch.Tensor,
+        prefix: tuple[DynamicCache, int] | None = None,
     ) -> torch.Tensor:
         """Final-layer hidden state at ``index`` of each row (differentiable; used by the trainers).
         ``prefix``: (the keys and values of one row, their length) of tokens every row starts with;
@@ -415,7 +425,9 @@ class SearchR3:
         return out if capture is None else (out, prefix_states, states)
 
     @torch.no_grad()
-    def encode_from_layer(self, layer: int, prefix_states: torch.Tensor, states: Sequence[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
+    def encode_from_layer(
+        self, layer: int, prefix_states: torch.Tensor, states: Sequence[torch.Tensor], batch_size: int = 16
+    ) -> torch.Tensor:
         """Embeddings (unnormalised, fp32) from hidden states that enter decoder layer ``layer``: each row
         is ``prefix_states`` followed by its ``states`` (as :meth:`_encode_ids` with ``capture`` returns
         them), run through layers ``layer..`` and the final norm only. Equal to the full forward as long
@@ -498,16 +510,30 @@ class SearchR3:
         return self.encode(texts, kind="query", reasoning=reasoning, **kwargs)
 
     def encode_query_with_stats(
-        self, texts: Sequence[str], *, reasoning: bool | str = False, batch_size: int = 16, show_progress_bar: bool = False, **generation: Any
+        self,
+        texts: Sequence[str],
+        *,
+        reasoning: bool | str = False,
+        batch_size: int = 16,
+        show_progress_bar: bool = False,
+        **generation: Any,
     ) -> tuple[np.ndarray, dict[str, float]]:
         """Normalised query embeddings and what reasoning did: ``emit_rate`` (share of rollouts that wrote
         the token themselves) and ``mean_new_tokens`` (tokens generated per rollout, the token included);
         both are absent for direct encoding. ``seconds``: the wall time of the call's encoding."""
         mode = query_mode(reasoning)
-        return self.encode_query_modes(texts, [mode], batch_size=batch_size, show_progress_bar=show_progress_bar, **generation)[mode]
+        return self.encode_query_modes(texts, [mode], batch_size=batch_size, show_progress_bar=show_progress_bar, **generation)[
+            mode
+        ]
 
     def encode_query_modes(
-        self, texts: Sequence[str], modes: Sequence[bool | str], *, batch_size: int = 16, show_progress_bar: bool = False, **generation: Any
+        self,
+        texts: Sequence[str],
+        modes: Sequence[bool | str],
+        *,
+        batch_size: int = 16,
+        show_progress_bar: bool = False,
+        **generation: Any,
     ) -> dict[str, tuple[np.ndarray, dict[str, float]]]:
         """:meth:`encode_query_with_stats` for several query modes at once, keyed "off"/"on"/"mix": the
         rollouts of "on" and "mix" are generated once and the direct pass of "off" and "mix" is run once
@@ -520,8 +546,15 @@ class SearchR3:
         return {k: (torch.nn.functional.normalize(e, dim=-1).numpy(), st) for k, (e, st) in out.items()}
 
     def _query_or_document(
-        self, items: list[str], kind: Kind, mode: str, batch_size: int, show_progress_bar: bool,
-        mix_weight: float = MIX_WEIGHT, samples: int = 1, **generation: Any,
+        self,
+        items: list[str],
+        kind: Kind,
+        mode: str,
+        batch_size: int,
+        show_progress_bar: bool,
+        mix_weight: float = MIX_WEIGHT,
+        samples: int = 1,
+        **generation: Any,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if kind == "document":
             if generation:
@@ -530,8 +563,14 @@ class SearchR3:
         return self._query_modes(items, [mode], batch_size, show_progress_bar, mix_weight, samples, **generation)[mode]
 
     def _query_modes(
-        self, items: list[str], modes: list[str], batch_size: int, show_progress_bar: bool,
-        mix_weight: float = MIX_WEIGHT, samples: int = 1, **generation: Any,
+        self,
+        items: list[str],
+        modes: list[str],
+        batch_size: int,
+        show_progress_bar: bool,
+        mix_weight: float = MIX_WEIGHT,
+        samples: int = 1,
+        **generation: Any,
     ) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
         if modes == ["off"] and generation:
             raise TypeError(f"generation settings {sorted(generation)} need reasoning=True or 'mix'")
@@ -545,16 +584,26 @@ class SearchR3:
         stats: dict[str, float] = {}
         if "off" in modes or "mix" in modes:
             start = time.perf_counter()
-            direct = self._encode_ids(self.prompt_ids(items, "query"), batch_size, show_progress_bar and modes == ["off"], "encode queries")
+            direct = self._encode_ids(
+                self.prompt_ids(items, "query"), batch_size, show_progress_bar and modes == ["off"], "encode queries"
+            )
             direct_s = time.perf_counter() - start
         if "on" in modes or "mix" in modes:
             if samples > 1:
                 generation.setdefault("do_sample", True)
             start = time.perf_counter()
-            ro = self.reason([t for t in items for _ in range(samples)], batch_size=batch_size, show_progress_bar=show_progress_bar, **generation)
+            ro = self.reason(
+                [t for t in items for _ in range(samples)],
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+                **generation,
+            )
             reasoned = ro.embeddings.view(len(items), samples, -1).mean(1)
             reason_s = time.perf_counter() - start
-            stats = {"emit_rate": float(np.mean(ro.emitted)), "mean_new_tokens": float(np.mean([len(c) for c in ro.completion_ids]))}
+            stats = {
+                "emit_rate": float(np.mean(ro.emitted)),
+                "mean_new_tokens": float(np.mean([len(c) for c in ro.completion_ids])),
+            }
         for mode in modes:
             if mode == "off":
                 out[mode] = direct, {"seconds": direct_s}
@@ -634,7 +683,15 @@ class SearchR3:
             rows = order[s : s + batch_size]
             generator = [generators[i] for i in rows] if per_text else generators[0] if generators else None
             h, comp, emit = self._generate(
-                [prompts[i] for i in rows], max_new_tokens, do_sample, temperature, top_p, generator, penalty, min_new_tokens, shared
+                [prompts[i] for i in rows],
+                max_new_tokens,
+                do_sample,
+                temperature,
+                top_p,
+                generator,
+                penalty,
+                min_new_tokens,
+                shared,
             )
             emb[rows] = h
             for j, i in enumerate(rows):
@@ -687,7 +744,9 @@ class SearchR3:
         next_pos = positions[:, -1]
         seen = None  # [n, vocab] tokens each row has generated, for the repetition penalty
         with self.autocast():
-            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+            hidden = decoder(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            ).last_hidden_state[:, -1]
             for step in range(max_new_tokens + 1):
                 if step == max_new_tokens:
                     token = embed.clone()  # length limit: append the token
@@ -714,7 +773,11 @@ class SearchR3:
                 mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
                 next_pos = next_pos + 1
                 hidden = decoder(
-                    input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
+                    input_ids=feed[:, None],
+                    attention_mask=mask,
+                    position_ids=next_pos[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
                 ).last_hidden_state[:, -1]
                 out_emb[finishing.cpu()] = hidden[finishing].float().cpu()
                 done |= finishing

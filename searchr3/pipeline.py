@@ -15,6 +15,7 @@ Output::
     final/results.json       SFT and SFT+RL models, reasoning off/on
     results.md, results.json the table of everything; ndcg.png (bars); examples.md (reasoning text)
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_max_length": 256,
         "evaluate_sft": True,
         "sft": {"max_steps": 12, "batch_size": 16, "eval_every": 0, "save_every": 4},
-        "rl": {"steps": 6, "queries_per_step": 4, "group": 4, "max_new_tokens": 32, "save_every": 2,
-               "corpus_limit": 300, "doc_max_length": 128},
+        "rl": {
+            "steps": 6,
+            "queries_per_step": 4,
+            "group": 4,
+            "max_new_tokens": 32,
+            "save_every": 2,
+            "corpus_limit": 300,
+            "doc_max_length": 128,
+        },
         "rl_data": "scifact-2k",
     },
     "full": {
@@ -73,12 +81,16 @@ class PipelineConfig:
     data: str = "../shared/data"  # holds the development sets, train/ (the SFT mix) and the preset's RL folder
     eval_data: list[str] | None = None  # BEIR folders, split test; default: <data>/msmarco-mini and <data>/wikiqa-dev
     train_data: list[str] | None = None  # SFT folders, split train; default: the folders of <data>/train
-    rl_data: str | None = None  # RL folder, split train; default: the preset's (quick: <data>/scifact-2k, full: <data>/train/wikiqa)
+    rl_data: str | None = (
+        None  # RL folder, split train; default: the preset's (quick: <data>/scifact-2k, full: <data>/train/wikiqa)
+    )
     model: str | None = None  # None = the built-in SmolLM2
     batch_size: int = 16
     eval_docs: int | None = None  # evaluate on N corpus documents of each set (None = the preset's, 0 = all)
     eval_queries: int | None = None  # ... and its first N judged queries, relevant documents first (None = the preset's, 0 = all)
-    eval_max_length: int | None = None  # searchr3's token limit per text in the evaluations (None = the preset's, 0 = the model's)
+    eval_max_length: int | None = (
+        None  # searchr3's token limit per text in the evaluations (None = the preset's, 0 = the model's)
+    )
     evaluate_sft: bool | None = None  # the final stage also evaluates the stage-1 model (None = the preset's: quick yes, full no)
     examples: int = 3  # queries whose reasoning text goes into examples.md
     sft: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's SFT settings
@@ -147,8 +159,14 @@ class Pipeline:
         rows = []
         for data in self.cfg.eval_data:
             rows += run_evaluation(
-                data, "test", systems, batch_size=self.cfg.batch_size, show_progress_bar=True,
-                cache_dir=self.emb_cache, max_docs=self.cfg.eval_docs, max_queries=self.cfg.eval_queries,
+                data,
+                "test",
+                systems,
+                batch_size=self.cfg.batch_size,
+                show_progress_bar=True,
+                cache_dir=self.emb_cache,
+                max_docs=self.cfg.eval_docs,
+                max_queries=self.cfg.eval_queries,
             )
         write_results(rows, folder / "results.json")
         return rows
@@ -159,7 +177,12 @@ class Pipeline:
 
         base = self._load(self.cfg.model)
         rows = self._evaluate(
-            [("BM25", "bm25", False), ("all-MiniLM-L6-v2", MiniLMEncoder(), False), ("searchr3 zero-shot", base, False), ("searchr3 zero-shot", base, True)],
+            [
+                ("BM25", "bm25", False),
+                ("all-MiniLM-L6-v2", MiniLMEncoder(), False),
+                ("searchr3 zero-shot", base, False),
+                ("searchr3 zero-shot", base, True),
+            ],
             folder,
         )
         return {"rows": rows}
@@ -203,7 +226,10 @@ class Pipeline:
             start = time.perf_counter()
             r = m.reason(queries)
             secs = (time.perf_counter() - start) / max(1, len(queries))
-            out += [{"model": name, "query": q, "reasoning": t, "emitted": e, "seconds_per_query": round(secs, 2)} for q, t, e in zip(queries, r.texts, r.emitted)]
+            out += [
+                {"model": name, "query": q, "reasoning": t, "emitted": e, "seconds_per_query": round(secs, 2)}
+                for q, t, e in zip(queries, r.texts, r.emitted)
+            ]
         return out
 
     # ------------------------------------------------------------------ driver
@@ -270,7 +296,9 @@ def markdown_examples(examples: list[dict[str, Any]]) -> str:
     parts = ["# Reasoning examples\n"]
     for e in examples:
         token = "emitted <|embed_token|>" if e["emitted"] else "token appended (not emitted)"
-        parts.append(f"**{e['model']}** — query: *{e['query']}* ({token}, {e['seconds_per_query']} s/query)\n\n> {e['reasoning'] or '(empty)'}\n")
+        parts.append(
+            f"**{e['model']}** — query: *{e['query']}* ({token}, {e['seconds_per_query']} s/query)\n\n> {e['reasoning'] or '(empty)'}\n"
+        )
     return "\n".join(parts)
 
 

@@ -1,4 +1,5 @@
 """Training curves from a JSONL log, drawn with matplotlib (Agg backend: no display needed)."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,9 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     return read_rows(path)
 
 
-def plot_curves(jsonl_log_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str | Sequence[str]], *,
-                x: str = "step") -> Path:
+def plot_curves(
+    jsonl_log_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str | Sequence[str]], *, x: str = "step"
+) -> Path:
     """Plot each of ``keys`` against ``x`` from a JSONL log into a PNG, atomically: one panel per entry,
     where an entry is a key or a tuple of keys drawn together in one panel (with a legend).
 

@@ -6,6 +6,7 @@ template by :class:`PromptTemplate`, which splits the rendered chat around the u
 that long texts can be truncated without ever cutting the template's tail (and with it the
 ``<|embed_token|>``).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -16,12 +17,10 @@ EMBED_TOKEN = "<|embed_token|>"
 Kind = Literal["query", "document"]
 
 QUERY_SYSTEM = (
-    "You turn a search query into an embedding that finds the passages answering it. "
-    "End every answer with <|embed_token|>."
+    "You turn a search query into an embedding that finds the passages answering it. End every answer with <|embed_token|>."
 )
 DOCUMENT_SYSTEM = (
-    "You turn a passage into an embedding that search queries about its content can find. "
-    "End every answer with <|embed_token|>."
+    "You turn a passage into an embedding that search queries about its content can find. End every answer with <|embed_token|>."
 )
 REASONING_SYSTEM = (
     "You help a search engine understand a query. Analyse the user's text briefly: name its core "
@@ -57,10 +56,7 @@ class PromptConfig:
         if not self.embed_token:
             raise ValueError("embed_token must be a non-empty string")
         if not self.direct_answer.rstrip().endswith(self.embed_token):
-            raise ValueError(
-                f"direct_answer must end with the embedding token {self.embed_token!r}, "
-                f"got {self.direct_answer!r}"
-            )
+            raise ValueError(f"direct_answer must end with the embedding token {self.embed_token!r}, got {self.direct_answer!r}")
         if self.max_reasoning_tokens < 0:
             raise ValueError("max_reasoning_tokens must be >= 0")
         if not self.repetition_penalty >= 1.0:
@@ -114,7 +110,6 @@ class PromptTemplate:
         room = max_length - self.overhead
         if room < 1:
             raise ValueError(
-                f"max_length={max_length} leaves no room for text: the prompt template alone "
-                f"takes {self.overhead} tokens"
+                f"max_length={max_length} leaves no room for text: the prompt template alone takes {self.overhead} tokens"
             )
         return self.head + text_ids[:room] + self.tail

@@ -6,6 +6,7 @@ row numbers, so the result is in corpus order and equals the local path's
 (:func:`searchr3.index.encode_documents`) up to float rounding. On a cluster pass ``address``
 (or set ``RAY_ADDRESS``); see docs/scale-out.md.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -59,7 +60,13 @@ def encode_with_ray(
         ds = ray.data.from_items([{"row": i, "text": t} for i, t in enumerate(texts)])
         ds = ds.map_batches(
             EncoderActor,
-            fn_constructor_kwargs={"model": model, "prompts": prompts, "max_length": max_length, "bf16": bf16, "batch_size": batch_size},
+            fn_constructor_kwargs={
+                "model": model,
+                "prompts": prompts,
+                "max_length": max_length,
+                "bf16": bf16,
+                "batch_size": batch_size,
+            },
             concurrency=concurrency,
             batch_size=batch_size,
             batch_format="numpy",

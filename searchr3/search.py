@@ -1,4 +1,5 @@
 """Search an index from Python: ``Searcher(index_dir).search("query", k=10, reasoning=True)``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ class Searcher:
         """Top-``k`` hits for one query."""
         return self.search_many([query], k=k, reasoning=reasoning, **generation)[0].hits
 
-    def search_many(self, queries: list[str], k: int = 10, reasoning: bool = False, batch_size: int = 8, **generation: Any) -> list[SearchResult]:
+    def search_many(
+        self, queries: list[str], k: int = 10, reasoning: bool = False, batch_size: int = 8, **generation: Any
+    ) -> list[SearchResult]:
         """Search several queries in one batch; with ``reasoning`` each result carries the model's reasoning."""
         if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
             raise TypeError("queries must be a list of strings")

@@ -16,6 +16,7 @@ Unicode, and the tokenizer itself), so a bad text gets a 4xx naming its input in
 a batch; and should a batch still fail, its requests are retried one by one, so one request's
 failure is never another's. ``GET /`` is a small search page (``searchr3/static/search.html``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -224,7 +225,9 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
         if request.method == "POST":
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
-                return _error(415, f"the request body must be JSON (Content-Type: application/json), got {ctype or 'no Content-Type'!r}")
+                return _error(
+                    415, f"the request body must be JSON (Content-Type: application/json), got {ctype or 'no Content-Type'!r}"
+                )
             length = request.headers.get("content-length")
             if length is None:
                 return _error(411, "a Content-Length header is required")
@@ -258,7 +261,9 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
                 raise ClientError(413, f"{name} has {len(t)} characters, over the limit of {cfg.max_text_chars}")
             pos = _lone_surrogate(t)
             if pos is not None:
-                raise ClientError(400, f"{name} is not valid Unicode text: a lone surrogate U+{ord(t[pos]):04X} at character {pos}")
+                raise ClientError(
+                    400, f"{name} is not valid Unicode text: a lone surrogate U+{ord(t[pos]):04X} at character {pos}"
+                )
         try:  # the tokenizer is the last judge; it also tells which texts will be cut at max_length
             return model.truncated(texts, kind, reasoning)
         except Exception:  # noqa: BLE001 - find the text it refuses, and name it
@@ -266,7 +271,9 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
                 try:
                     model.truncated([t], kind, reasoning)
                 except Exception as e:  # noqa: BLE001
-                    raise ClientError(400, f"{what if what == 'query' else f'{what}[{i}]'} cannot be tokenized: {type(e).__name__}") from None
+                    raise ClientError(
+                        400, f"{what if what == 'query' else f'{what}[{i}]'} cannot be tokenized: {type(e).__name__}"
+                    ) from None
             raise
 
     async def encode(texts: list[str], kind: str, reasoning: bool):
@@ -283,8 +290,15 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
     @app.get("/health")
     async def health():
         b = state["batcher"]
-        return {"status": "ok", "model": cfg.model_name, "dim": model.hidden_size, "documents": len(searcher.index) if searcher else 0,
-                "search": searcher is not None, "batches": b.batches, "texts": b.texts}
+        return {
+            "status": "ok",
+            "model": cfg.model_name,
+            "dim": model.hidden_size,
+            "documents": len(searcher.index) if searcher else 0,
+            "search": searcher is not None,
+            "batches": b.batches,
+            "texts": b.texts,
+        }
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest):

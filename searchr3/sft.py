@@ -27,6 +27,7 @@ holds three kinds of sequences with different losses and a reference pass, which
                      optimizer, scheduler, RNG, step), written atomically
     final/           the trained model;  curves.png  the loss/metric plot
 """
+
 from __future__ import annotations
 
 import json
@@ -112,7 +113,9 @@ class SFTConfig:
     lora_layers: int = 12  # LoRA on the top N decoder layers only (0 = all, with the token row trainable); see prepare_model
     full_finetune: bool = False
     lr: float = 8e-4  # peak; linear warm-up then decay to 0. 8e-4, not 2e-4: README "Why 8e-4" (40-step A/B, quick preset)
-    token_lr: float = 5e-3  # learning rate of the embedding token's row: at lr its logit rises ~1 nat in 20 steps, too slowly to learn emission
+    token_lr: float = (
+        5e-3  # learning rate of the embedding token's row: at lr its logit rises ~1 nat in 20 steps, too slowly to learn emission
+    )
     warmup_steps: int = 2
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -131,7 +134,9 @@ class SFTConfig:
     w_kl: float = 0.1
     w_nce: float = 1.0
     w_triplet: float = 0.5
-    w_emit: float = 5.0  # LM weight of the positions where a reasoning trace ends in the token (the emission decision) relative to the others
+    w_emit: float = (
+        5.0  # LM weight of the positions where a reasoning trace ends in the token (the emission decision) relative to the others
+    )
     matryoshka_dims: list[int] = field(default_factory=list)  # InfoNCE also on these leading dimensions (e.g. 64 128 256)
     # bookkeeping
     eval_every: int = 6
@@ -143,7 +148,19 @@ class SFTConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "lora_r", "query_tokens", "doc_tokens", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cloze", "wordnet", "hard_negatives", "eval_queries", "eval_every", "reasoning_tokens", "warmup_steps", "lora_layers", "max_per_source", "trace_min_tokens", "grad_cache_chunk"):
+        for name in (
+            "cloze",
+            "wordnet",
+            "hard_negatives",
+            "eval_queries",
+            "eval_every",
+            "reasoning_tokens",
+            "warmup_steps",
+            "lora_layers",
+            "max_per_source",
+            "trace_min_tokens",
+            "grad_cache_chunk",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.reasoning_share <= 1.0:
@@ -161,7 +178,9 @@ class SFTConfig:
         if self.trace_embedding not in ("taught", "own"):
             raise ValueError(f"trace_embedding must be 'taught' or 'own', got {self.trace_embedding!r}")
         if self.trace_embedding == "own" and self.traces == "self":
-            raise ValueError("trace_embedding='own' needs taught traces (keywords or model): traces='self' are the model's own already")
+            raise ValueError(
+                "trace_embedding='own' needs taught traces (keywords or model): traces='self' are the model's own already"
+            )
         if self.trace_samples < 1 or not self.trace_temperature > 0:
             raise ValueError("trace_samples must be >= 1 and trace_temperature > 0")
         if any(d < 1 for d in self.matryoshka_dims):
@@ -203,7 +222,13 @@ def build_data(cfg: SFTConfig) -> TrainingData:
     of the first folder for evaluation."""
     from .data.mix import source_weights
     from .data.sources import (
-        add_bm25_negatives, beir_examples, cloze_examples, corpus_pool, load_training_folder, wordnet_available, wordnet_examples,
+        add_bm25_negatives,
+        beir_examples,
+        cloze_examples,
+        corpus_pool,
+        load_training_folder,
+        wordnet_available,
+        wordnet_examples,
     )
 
     rng = random.Random(cfg.seed)
@@ -309,7 +334,9 @@ def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path, write: bool = 
     traces = keyword_traces(m, pairs, {ex.positive for ex in data.examples}, cfg.reasoning_tokens)
     # Deterministic and cheap to rebuild; written for inspection (what the model is taught to write).
     rows = (
-        json.dumps({"query": q, "trace": m.tokenizer.decode(ids[:-1]), "completion_ids": ids, "source": "keywords"}, ensure_ascii=False)
+        json.dumps(
+            {"query": q, "trace": m.tokenizer.decode(ids[:-1]), "completion_ids": ids, "source": "keywords"}, ensure_ascii=False
+        )
         for q, ids in sorted(traces.items())
     )
     if write:
@@ -350,8 +377,13 @@ def prepare_model(m, cfg: SFTConfig):
         if top_only:
             extra = {"layers_to_transform": list(range(n_layers - cfg.lora_layers, n_layers)), "layers_pattern": "layers"}
         lcfg = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=lora_targets(m.model),
-            task_type="CAUSAL_LM", trainable_token_indices=[m.embed_token_id], **extra,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=lora_targets(m.model),
+            task_type="CAUSAL_LM",
+            trainable_token_indices=[m.embed_token_id],
+            **extra,
         )
         # With top-layer LoRA the token row learns emission on its output side only; its input stays put.
         pin = top_only and m.token_input is None
@@ -368,8 +400,13 @@ def prepare_model(m, cfg: SFTConfig):
     return ref
 
 
-def sliced_lm_kl(logits: torch.Tensor, ref_logits: torch.Tensor | None, targets: torch.Tensor, embed_token_id: int,
-                 weights: torch.Tensor | None = None):
+def sliced_lm_kl(
+    logits: torch.Tensor,
+    ref_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    embed_token_id: int,
+    weights: torch.Tensor | None = None,
+):
     """LM cross-entropy and KL-to-reference from logits computed only where a target is predicted.
 
     ``logits[i]`` (``[P, vocab]``) predicts ``targets[i]``; the full computation would project every
@@ -444,8 +481,16 @@ def replayed_trunk(layers: torch.nn.ModuleList, n: int, out):
 class SFTTrainer:
     """The supervised loop over one run folder."""
 
-    def __init__(self, cfg: SFTConfig, m, data: TrainingData, traces: dict[str, list[int]], ref_model=None,
-                 folder: RunFolder | None = None, dist: Dist | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SFTConfig,
+        m,
+        data: TrainingData,
+        traces: dict[str, list[int]],
+        ref_model=None,
+        folder: RunFolder | None = None,
+        dist: Dist | None = None,
+    ) -> None:
         self.cfg, self.m, self.data, self.traces, self.ref = cfg, m, data, traces, ref_model
         self.run = Path(cfg.out)
         self.folder = folder or RunFolder(cfg.out, "SFT", cfg.to_dict())
@@ -457,8 +502,15 @@ class SFTTrainer:
         from .traces import SelfTraces
 
         self.bank = SelfTraces(
-            m, self.run / "bank.jsonl", cfg.trace_samples, cfg.reasoning_tokens, cfg.trace_temperature, cfg.temperature, cfg.seed,
-            min(cfg.trace_min_tokens, cfg.reasoning_tokens), cfg.trace_mix_weight,
+            m,
+            self.run / "bank.jsonl",
+            cfg.trace_samples,
+            cfg.reasoning_tokens,
+            cfg.trace_temperature,
+            cfg.temperature,
+            cfg.seed,
+            min(cfg.trace_min_tokens, cfg.reasoning_tokens),
+            cfg.trace_mix_weight,
         )
         named = [(n, p) for n, p in m.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
@@ -536,8 +588,13 @@ class SFTTrainer:
             traces = [self.traces[queries[i]] for i in r_rows]
             online = [j for j, t in enumerate(traces) if t is None]  # traces="self": chosen now, by the current model
             if online:
-                picked = self.bank.choose(step, micro, [queries[r_rows[j]] for j in online],
-                                          torch.nn.functional.normalize(d_emb.detach().float(), dim=-1), [r_rows[j] for j in online])
+                picked = self.bank.choose(
+                    step,
+                    micro,
+                    [queries[r_rows[j]] for j in online],
+                    torch.nn.functional.normalize(d_emb.detach().float(), dim=-1),
+                    [r_rows[j] for j in online],
+                )
                 for j, t in zip(online, picked):
                     traces[j] = t
             heads = self._prompt([queries[i] for i in r_rows], "query", cfg.query_tokens, reasoning=True)
@@ -549,7 +606,12 @@ class SFTTrainer:
                 # What the model writes at query time (greedy, its saved length budget and repetition penalty),
                 # continued from exactly the training prompts; generation has no gradient.
                 own = self.m._generate(
-                    heads, cfg.reasoning_tokens, do_sample=False, temperature=1.0, top_p=1.0, generator=None,
+                    heads,
+                    cfg.reasoning_tokens,
+                    do_sample=False,
+                    temperature=1.0,
+                    top_p=1.0,
+                    generator=None,
                     repetition_penalty=self.m.prompts.repetition_penalty,
                 )[1]
                 for i, h, t in zip(r_rows, heads, own):
@@ -582,7 +644,8 @@ class SFTTrainer:
             q_emb = mix_reasoning_rows(q_emb, owner, len(exs), cfg.trace_mix_weight)
         d_emb, pos, exclude = self.global_docs(exs, owner, pairs, d_emb)
         return {
-            "nce": matryoshka_info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, cfg.matryoshka_dims, exclude=exclude) * share,
+            "nce": matryoshka_info_nce(q_emb.float(), d_emb.float(), pos, cfg.temperature, cfg.matryoshka_dims, exclude=exclude)
+            * share,
             "triplet": triplet_margin(q_emb.float(), d_emb.float(), pos, cfg.margin, exclude=exclude) * share,
         }
 
@@ -784,8 +847,13 @@ class SFTTrainer:
         self.step += 1
         self.m.model.eval()
         return {
-            "step": self.step, **totals, "grad_norm": grad_norm.item(), "lr": self.sched.get_last_lr()[0],
-            "processes": d.world, "seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "step": self.step,
+            **totals,
+            "grad_norm": grad_norm.item(),
+            "lr": self.sched.get_last_lr()[0],
+            "processes": d.world,
+            "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -871,7 +939,11 @@ class SFTTrainer:
         from .plots import plot_curves
 
         try:
-            plot_curves(logp, self.run / "curves.png", ["loss", "lm", "kl", "nce", "triplet", "eval_ndcg@10", "eval_ndcg@10_reasoning", "eval_emit_rate"])
+            plot_curves(
+                logp,
+                self.run / "curves.png",
+                ["loss", "lm", "kl", "nce", "triplet", "eval_ndcg@10", "eval_ndcg@10_reasoning", "eval_emit_rate"],
+            )
         except ValueError as e:  # nothing to plot (e.g. zero steps)
             log.warning("no plot: %s", e)
 

@@ -1,5 +1,6 @@
 """Shared test helpers: tiny random chat models, small BEIR folders, the shared data folder, and
 ``cli``, which runs the real entry point (:func:`searchr3.cli.main`) in-process."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,13 @@ CHATML = (
 )
 
 _CORPUS = [
-    "the cat sat on the mat", "paris is the capital of france", "proteins fold into shapes",
-    "a search engine ranks documents for a query", "the heart pumps blood through the body",
-    "embedding vectors represent text meaning", "rain falls from clouds in the sky",
+    "the cat sat on the mat",
+    "paris is the capital of france",
+    "proteins fold into shapes",
+    "a search engine ranks documents for a query",
+    "the heart pumps blood through the body",
+    "embedding vectors represent text meaning",
+    "rain falls from clouds in the sky",
 ]
 
 
@@ -45,9 +50,17 @@ def build_tiny_model(path: Path, *, seed: int = 0, layers: int = 2, hidden: int 
     tok.chat_template = CHATML
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
     )
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(path)
@@ -83,15 +96,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def write_beir(folder: Path, docs: Mapping[str, str | Mapping[str, str]], queries: Mapping[str, str],
-               qrels: Iterable[tuple[str, str, int]], split: str = "train") -> Path:
+def write_beir(
+    folder: Path,
+    docs: Mapping[str, str | Mapping[str, str]],
+    queries: Mapping[str, str],
+    qrels: Iterable[tuple[str, str, int]],
+    split: str = "train",
+) -> Path:
     """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv). ``docs`` maps ids to text (or to
     ``{"title", "text"}``); ``qrels`` are (query, doc, grade) rows."""
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
     rows = [{"_id": d, **(t if isinstance(t, Mapping) else {"title": "", "text": t})} for d, t in docs.items()]
     (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    (folder / "qrels" / f"{split}.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels)
+    )
     return folder
 
 

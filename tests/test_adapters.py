@@ -1,4 +1,5 @@
 """The MTEB 2.x wrapper and the sentence-transformers-style adapter, against the installed libraries."""
+
 import mteb  # a hard dependency: imported, never skipped
 import numpy as np
 import pytest
@@ -43,8 +44,15 @@ def test_mteb_search_reranks_top_ranked(wrapper):
     wrapper.index(corpus, task_metadata=md, hf_split="test", hf_subset="default", encode_kwargs={})
     full = wrapper.search(queries, task_metadata=md, hf_split="test", hf_subset="default", top_k=2, encode_kwargs={})
     assert set(full) == {"q1", "q2"} and all(len(v) == 2 for v in full.values())
-    only = wrapper.search(queries, task_metadata=md, hf_split="test", hf_subset="default", top_k=5, encode_kwargs={},
-                          top_ranked={"q1": ["c"], "q2": []})
+    only = wrapper.search(
+        queries,
+        task_metadata=md,
+        hf_split="test",
+        hf_subset="default",
+        top_k=5,
+        encode_kwargs={},
+        top_ranked={"q1": ["c"], "q2": []},
+    )
     assert list(only["q1"]) == ["c"] and only["q2"] == {}
     fresh = MTEBSearchR3(wrapper.model)
     with pytest.raises(RuntimeError, match="index"):

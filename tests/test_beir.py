@@ -86,9 +86,7 @@ def test_queries_without_judgments_are_kept_but_not_judged(tmp_path: Path) -> No
     assert judged_queries({"a": {"x": 0}, "b": {"y": 1}}) == ["b"]
 
 
-def assert_data_error(
-    excinfo: pytest.ExceptionInfo[DataError], name: str, line: int | None
-) -> None:
+def assert_data_error(excinfo: pytest.ExceptionInfo[DataError], name: str, line: int | None) -> None:
     err = excinfo.value
     assert err.path is not None and err.path.name == name
     assert err.line == line

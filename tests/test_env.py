@@ -1,4 +1,5 @@
 """The RL environment: rewards, refresh policies, index consistency, drift, persistence."""
+
 from __future__ import annotations
 
 import math
@@ -9,9 +10,13 @@ import torch
 
 from searchr3.env import EnvConfig, RetrievalEnv, dcg_reward, model_encoder
 
-TEXTS = [f"document number {i} about {w}" for i, w in enumerate(
-    "cats mats paris france proteins folding search engines hearts blood rain clouds vectors text meaning "
-    "rivers mountains music stars planets bread cheese trains boats".split())]
+TEXTS = [
+    f"document number {i} about {w}"
+    for i, w in enumerate(
+        "cats mats paris france proteins folding search engines hearts blood rain clouds vectors text meaning "
+        "rivers mountains music stars planets bread cheese trains boats".split()
+    )
+]
 
 
 def unit(x):
@@ -53,8 +58,9 @@ def test_reward_matches_hand_computation():
 
 def test_missing_token_is_penalised(tiny):
     tiny.prompts.max_reasoning_tokens = 3
-    env = RetrievalEnv([f"d{i}" for i in range(len(TEXTS))], model_encoder(tiny, TEXTS),
-                       EnvConfig(k=5, candidates=8, format_penalty=0.25))
+    env = RetrievalEnv(
+        [f"d{i}" for i in range(len(TEXTS))], model_encoder(tiny, TEXTS), EnvConfig(k=5, candidates=8, format_penalty=0.25)
+    )
     ro = tiny.reason(["cats on mats", "paris"], max_new_tokens=3)
     assert ro.emitted == [False, False]  # a random model does not emit the token in 3 tokens
     pos = [{"d0": 1}, {"d2": 1}]
@@ -355,7 +361,9 @@ def test_lazy_clearance_leaves_stale_rows_that_cannot_reorder_the_relevant_ones(
     read = {}
     for clearance in (0.0, 1.0):
         table = Table(arc(angles))
-        env = RetrievalEnv([f"d{i}" for i in range(8)], table, EnvConfig(k=3, candidates=5, refresh="lazy", repair_clearance=clearance))
+        env = RetrievalEnv(
+            [f"d{i}" for i in range(8)], table, EnvConfig(k=3, candidates=5, refresh="lazy", repair_clearance=clearance)
+        )
         assert env.unclear(q[0], [0, 1, 2], {3: 1}) == [0, 1, 2]  # no re-encode seen yet: the reach is unknown
         env.refresh()
         table.rows = arc(moved)

@@ -63,9 +63,7 @@ class HashingEncoder:
         self.query_calls.append(reasoning)
         return self._embed([" ".join(t.split()[1:]) if reasoning else t for t in texts])
 
-    def encode_document(
-        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = False
-    ) -> np.ndarray:
+    def encode_document(self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
         self.document_calls += 1
         return self._embed(texts)
 
@@ -245,13 +243,18 @@ def test_sub_corpus_keeps_the_first_documents_and_their_qrels(tiny: BeirDataset,
     assert [(r["dataset"], r["num_docs"], r["num_queries"]) for r in rows] == [("tiny[:1]", 1, 1)] * 2
     assert all(r["ndcg@10"] == 1.0 for r in rows)  # one document, and it is the relevant one
 
-
-# ---------------------------------------------------------------- baselines
+    # ---------------------------------------------------------------- baselines
     # max_queries: the first judged queries keep all their judged documents, whatever their position.
-    late = BeirDataset("x", {f"d{i}": {"title": "", "text": str(i)} for i in range(6)}, {"a": "qa", "b": "qb", "c": "qc"},
-                       {"a": {"d5": 1}, "b": {"d4": 2, "d0": 0}, "c": {"d3": 1}})
+    late = BeirDataset(
+        "x",
+        {f"d{i}": {"title": "", "text": str(i)} for i in range(6)},
+        {"a": "qa", "b": "qb", "c": "qc"},
+        {"a": {"d5": 1}, "b": {"d4": 2, "d0": 0}, "c": {"d3": 1}},
+    )
     two = late.subset(3, max_queries=2)
-    assert two.judged_query_ids() == ["a", "b"] and list(two.corpus) == ["d0", "d4", "d5"] and two.qrels["b"] == {"d4": 2, "d0": 0}
+    assert (
+        two.judged_query_ids() == ["a", "b"] and list(two.corpus) == ["d0", "d4", "d5"] and two.qrels["b"] == {"d4": 2, "d0": 0}
+    )
     assert list(late.subset(0, max_queries=1).corpus) == list(late.corpus)  # max_docs 0: every document
     one = late.subset(1, max_queries=2)  # relevant documents come first, in file order
     assert list(one.corpus) == ["d4"] and one.qrels == {"b": {"d4": 2}}

@@ -1,4 +1,5 @@
 """GRPO: advantages, the clipped loss, teacher-forced log-probs, a tiny run with resume, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,15 @@ def test_grpo_loss_gradient_and_clipping():
     loss.backward()
     assert new.grad.item() == 0.0
     # k3 KL is positive when the reference differs
-    _, _, kl = grpo_loss(torch.tensor([[-1.0]]), torch.tensor([[-1.0]]), torch.tensor([[-2.0]]), torch.tensor([0.0]), torch.tensor([[True]]), 0.2, 1.0)
+    _, _, kl = grpo_loss(
+        torch.tensor([[-1.0]]),
+        torch.tensor([[-1.0]]),
+        torch.tensor([[-2.0]]),
+        torch.tensor([0.0]),
+        torch.tensor([[True]]),
+        0.2,
+        1.0,
+    )
     assert kl.item() == pytest.approx(math.exp(-1))  # e^d - d - 1 with d = -1
 
 
@@ -84,8 +93,21 @@ def test_batches_cover_every_query_once_per_epoch():
     assert batch_queries(ids, 1, 2, seed=0) == batch_queries(ids, 1, 2, seed=0)
 
 
-TINY_RL = ["--queries-per-step", "2", "--group", "2", "--max-new-tokens", "4", "--doc-max-length", "200", "--lr", "1e-3",
-           "--save-every", "1", "--fp32"]
+TINY_RL = [
+    "--queries-per-step",
+    "2",
+    "--group",
+    "2",
+    "--max-new-tokens",
+    "4",
+    "--doc-max-length",
+    "200",
+    "--lr",
+    "1e-3",
+    "--save-every",
+    "1",
+    "--fp32",
+]
 
 
 def _args(out, model_dir, beir_dir, steps, *extra):
@@ -99,8 +121,20 @@ def _train(cli, out, model_dir, beir_dir, steps, *extra):
 
 
 def tiny_rl_config(out, model_dir, beir_dir, **kw) -> GRPOConfig:
-    base = dict(out=str(out), init=str(model_dir), data=str(beir_dir), steps=1, queries_per_step=2, group=2, max_new_tokens=4,
-                doc_max_length=200, lr=1e-3, save_every=1, bf16=False, show_progress_bar=False)
+    base = dict(
+        out=str(out),
+        init=str(model_dir),
+        data=str(beir_dir),
+        steps=1,
+        queries_per_step=2,
+        group=2,
+        max_new_tokens=4,
+        doc_max_length=200,
+        lr=1e-3,
+        save_every=1,
+        bf16=False,
+        show_progress_bar=False,
+    )
     return GRPOConfig(**{**base, **kw})
 
 
@@ -144,7 +178,9 @@ def test_run_folder_is_not_overwritten_without_resume(tiny_model_dir, beir_dir, 
 
 def test_resume_with_other_settings_or_data_is_refused(tiny_model_dir, beir_dir, tmp_path, cli):
     _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 1)
-    cli(*_args(tmp_path / "r", tiny_model_dir, beir_dir, 2, "--resume", "--kl-coef", "0.5")).assert_bad_input("different settings", "kl_coef")
+    cli(*_args(tmp_path / "r", tiny_model_dir, beir_dir, 2, "--resume", "--kl-coef", "0.5")).assert_bad_input(
+        "different settings", "kl_coef"
+    )
     other = tmp_path / "other-data"
     shutil.copytree(beir_dir, other)
     with (other / "corpus.jsonl").open("a") as fh:  # the same ids, one more document: other data
@@ -182,7 +218,12 @@ def test_cli_evaluates_the_init_and_rl_models(tiny_model_dir, beir_dir, tmp_path
     (ev / "qrels" / "train.tsv").rename(ev / "qrels" / "test.tsv")
     _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 1, "--eval", ev, "--eval-docs", "10")
     rows = json.loads((tmp_path / "r" / "eval.json").read_text())
-    assert [(r["system"].split(" ")[0], r["reasoning"]) for r in rows] == [("init", False), ("init", True), ("rl", False), ("rl", True)]
+    assert [(r["system"].split(" ")[0], r["reasoning"]) for r in rows] == [
+        ("init", False),
+        ("init", True),
+        ("rl", False),
+        ("rl", True),
+    ]
     assert {(r["dataset"], r["num_docs"], r["num_queries"]) for r in rows} == {("eval[:10]", 10, 6)}
     assert len(list((tmp_path / "cache" / "corpus-embeddings").glob("*.npz"))) == 2  # one corpus encode per model
 
@@ -206,7 +247,9 @@ def test_config_rejects_bad_values():
 
 
 def test_cli_rejects_a_bad_contrastive_negatives_choice(tiny_model_dir, beir_dir, tmp_path, cli):
-    cli(*_args(tmp_path / "r", tiny_model_dir, beir_dir, 1, "--nce-negatives", "stale")).assert_bad_input("nce_negatives must be 'all' or 'fresh'")
+    cli(*_args(tmp_path / "r", tiny_model_dir, beir_dir, 1, "--nce-negatives", "stale")).assert_bad_input(
+        "nce_negatives must be 'all' or 'fresh'"
+    )
     assert not (tmp_path / "r").exists()  # refused before the run folder is written
 
 
@@ -250,7 +293,9 @@ def test_top_layer_adapter_refreshes_through_the_cached_trunk(tiny_model_dir, be
     cfg = tiny_rl_config(tmp_path / "r", tiny_model_dir, beir_dir, steps=2, lora_layers=1)
     trainer = GRPOTrainer(cfg)
     assert trainer.first_adapted == 1 and trainer.trunk is not None and len(trainer.trunk.states) == len(trainer.doc_ids)
-    assert list((tmp_path / "r" / "corpus-embeddings").glob("trunk-*.safetensors")) and list((tmp_path / "r" / "corpus-embeddings").glob("*.npz"))
+    assert list((tmp_path / "r" / "corpus-embeddings").glob("trunk-*.safetensors")) and list(
+        (tmp_path / "r" / "corpus-embeddings").glob("*.npz")
+    )
     names = [n for n, p in trainer.model.model.named_parameters() if p.requires_grad]
     assert names and all(".layers.1." in n for n in names)  # the adapter is on the top layer only
     trainer.train()
@@ -261,7 +306,10 @@ def test_top_layer_adapter_refreshes_through_the_cached_trunk(tiny_model_dir, be
     np.testing.assert_allclose(trainer.env.encode(every), now, atol=1e-5)  # the trained weights, through the trunk
     with trainer.model.model.disable_adapter():
         assert np.abs(now - full(every)).max() > 1e-4  # training moved the documents: the check above has teeth
-    again = GRPOTrainer(tiny_rl_config(tmp_path / "r2", tiny_model_dir, beir_dir, lora_layers=1), corpus_cache=tmp_path / "r" / "corpus-embeddings")
+    again = GRPOTrainer(
+        tiny_rl_config(tmp_path / "r2", tiny_model_dir, beir_dir, lora_layers=1),
+        corpus_cache=tmp_path / "r" / "corpus-embeddings",
+    )
     assert all(torch.equal(a, b) for a, b in zip(again.trunk.states, trainer.trunk.states))  # read back from the cache
 
 
@@ -296,8 +344,9 @@ def test_hard_below_keeps_the_queries_the_direct_embedding_misses(tiny_model_dir
     the mix's nDCG minus the direct one's minus the penalties."""
     every = GRPOTrainer(tiny_rl_config(tmp_path / "all", tiny_model_dir, beir_dir))
     qids = list(every.queries)
-    scores = every.env.score(qids, every.model.encode_query([every.queries[q] for q in qids], convert_to_numpy=True),
-                             [every.qrels[q] for q in qids])
+    scores = every.env.score(
+        qids, every.model.encode_query([every.queries[q] for q in qids], convert_to_numpy=True), [every.qrels[q] for q in qids]
+    )
     cut = float(np.sort(scores)[-1])  # the best-scored query(s) are left out
     want = {q for q, s in zip(qids, scores) if s < cut}
     assert 2 <= len(want) < len(qids)

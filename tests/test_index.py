@@ -1,17 +1,31 @@
 """The persistent index, the Python search API and the `index`/`search` commands, on a tiny model."""
+
 import json
 
 import numpy as np
 import pytest
 
 from searchr3.index import (
-    CorpusError, Doc, Index, IndexFormatError, ModelMismatchError, build_index, encode_documents, read_corpus,
+    CorpusError,
+    Doc,
+    Index,
+    IndexFormatError,
+    ModelMismatchError,
+    build_index,
+    encode_documents,
+    read_corpus,
 )
 from searchr3.search import Searcher
 from tests.conftest import build_tiny_model
 
-TEXTS = ["the cat sat on the mat", "paris is the capital of france", "proteins fold into shapes",
-         "rain falls from clouds", "the heart pumps blood", "a search engine ranks documents"]
+TEXTS = [
+    "the cat sat on the mat",
+    "paris is the capital of france",
+    "proteins fold into shapes",
+    "rain falls from clouds",
+    "the heart pumps blood",
+    "a search engine ranks documents",
+]
 
 
 def docs(n=len(TEXTS), start=0):
@@ -37,13 +51,16 @@ def test_read_corpus_formats(tmp_path):
     assert read_corpus(beir) == [Doc("a", "Title alpha"), Doc("b", "beta")]
 
 
-@pytest.mark.parametrize("name,content,msg", [
-    ("bad.jsonl", '{"_id": "a", "text": "x"}\n{oops\n', "malformed JSON"),
-    ("dup.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n', "duplicate id"),
-    ("noid.jsonl", '{"text": "x"}\n', "need an '_id'"),
-    ("blank.txt", "\n  \n", "no documents"),
-    ("c.csv", "a,b\n", "unsupported corpus format"),
-])
+@pytest.mark.parametrize(
+    "name,content,msg",
+    [
+        ("bad.jsonl", '{"_id": "a", "text": "x"}\n{oops\n', "malformed JSON"),
+        ("dup.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n', "duplicate id"),
+        ("noid.jsonl", '{"text": "x"}\n', "need an '_id'"),
+        ("blank.txt", "\n  \n", "no documents"),
+        ("c.csv", "a,b\n", "unsupported corpus format"),
+    ],
+)
 def test_read_corpus_errors(tmp_path, name, content, msg):
     (tmp_path / name).write_text(content)
     with pytest.raises(CorpusError, match=msg):
@@ -119,7 +136,11 @@ DAMAGE = [
     ("vectors.npy missing", lambda p: (p / "vectors.npy").unlink(), "missing vectors.npy"),
     ("vectors.npy garbage", lambda p: (p / "vectors.npy").write_bytes(b"garbage"), "vectors.npy is corrupted"),
     ("vectors.npy empty", lambda p: (p / "vectors.npy").write_bytes(b""), "vectors.npy is corrupted"),
-    ("vectors.npy strings", lambda p: np.save(p / "vectors.npy", np.full((6, 32), "x")), "holds <U1 values, expected float32 vectors"),
+    (
+        "vectors.npy strings",
+        lambda p: np.save(p / "vectors.npy", np.full((6, 32), "x")),
+        "holds <U1 values, expected float32 vectors",
+    ),
     ("vectors.npy NaN", _nan_vectors, "1 vectors contain NaN or inf \\(first at row 2\\)"),
     ("meta.json not JSON", lambda p: (p / "meta.json").write_text("{not json"), "corrupted"),
     ("meta.json missing", lambda p: (p / "meta.json").unlink(), "not an index"),
@@ -128,7 +149,11 @@ DAMAGE = [
     ("meta.json unknown compact", lambda p: _edit_meta(p, compact="int4"), "compact is 'int4'"),
     ("docs.jsonl short", lambda p: (p / "docs.jsonl").write_text('{"id": "d0"}\n'), "1 documents but"),
     ("docs.jsonl garbage line", lambda p: (p / "docs.jsonl").write_text("oops\n"), "corrupted document line"),
-    ("docs.jsonl non-UTF-8", lambda p: (p / "docs.jsonl").write_bytes((p / "docs.jsonl").read_bytes().replace(b"cat", b"c\xfft")), "docs.jsonl:1: not UTF-8 \\(byte 0xff\\)"),
+    (
+        "docs.jsonl non-UTF-8",
+        lambda p: (p / "docs.jsonl").write_bytes((p / "docs.jsonl").read_bytes().replace(b"cat", b"c\xfft")),
+        "docs.jsonl:1: not UTF-8 \\(byte 0xff\\)",
+    ),
 ]
 
 
@@ -159,9 +184,17 @@ HNSW_DAMAGE = [
     ("header M", lambda f: _poke(f, 72, (7).to_bytes(8, "little")), "header has M=7"),
     ("header element size", lambda f: _poke(f, 24, (12).to_bytes(8, "little")), "element layout does not fit"),
     ("header entry point", lambda f: _poke(f, 52, (10**6).to_bytes(4, "little")), "entry point or level out of range"),
-    ("header max level", lambda f: _poke(f, 48, (9).to_bytes(4, "little")), "entry point is not on the top level|impossible size"),
+    (
+        "header max level",
+        lambda f: _poke(f, 48, (9).to_bytes(4, "little")),
+        "entry point is not on the top level|impossible size",
+    ),
     ("header all garbage", lambda f: _poke(f, 0, b"\xff" * 96), "is corrupted"),
-    ("a link past the end", lambda f: _poke(f, 96 + 4, (10**6).to_bytes(4, "little")), "level-0 link points past the last vector"),
+    (
+        "a link past the end",
+        lambda f: _poke(f, 96 + 4, (10**6).to_bytes(4, "little")),
+        "level-0 link points past the last vector",
+    ),
     ("cut short", lambda f: f.write_bytes(f.read_bytes()[:5000]), "bytes, the header promises|cut short|impossible size"),
     ("trailing bytes", lambda f: f.write_bytes(f.read_bytes() + b"\0" * 8), "unexpected bytes at the end"),
     ("empty file", lambda f: f.write_bytes(b""), "shorter than the header"),
@@ -236,11 +269,14 @@ def test_int8_compact_index(tiny, tmp_path):
         Index.load(tmp_path / "c")
 
 
-@pytest.mark.parametrize("name,content,msg", [
-    ("latin1.txt", b"caf\xe9 au lait\n", "latin1.txt:1: not UTF-8 text \\(byte 0xe9 at offset 3\\)"),
-    ("latin1.jsonl", b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n', "latin1.jsonl:2: not UTF-8"),
-    ("surrogate.jsonl", b'{"_id": "a", "text": "x \\ud800 y"}\n', "surrogate.jsonl:1: the text holds a lone surrogate"),
-])
+@pytest.mark.parametrize(
+    "name,content,msg",
+    [
+        ("latin1.txt", b"caf\xe9 au lait\n", "latin1.txt:1: not UTF-8 text \\(byte 0xe9 at offset 3\\)"),
+        ("latin1.jsonl", b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n', "latin1.jsonl:2: not UTF-8"),
+        ("surrogate.jsonl", b'{"_id": "a", "text": "x \\ud800 y"}\n', "surrogate.jsonl:1: the text holds a lone surrogate"),
+    ],
+)
 def test_corpus_encoding_errors(tmp_path, name, content, msg):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(CorpusError, match=msg):
@@ -319,32 +355,72 @@ def test_cli_build_add_search(cli, tiny_model_dir, tmp_path):
 
 
 def test_cli_errors(cli, tiny_model_dir, tmp_path):
-    cli("index", "build", "--corpus", tmp_path / "none.txt", "--out", tmp_path / "i", "--model", tiny_model_dir).assert_bad_input("does not exist")
+    cli("index", "build", "--corpus", tmp_path / "none.txt", "--out", tmp_path / "i", "--model", tiny_model_dir).assert_bad_input(
+        "does not exist"
+    )
     cli("search", tmp_path / "i", "q").assert_bad_input("does not exist")
     (tmp_path / "a.txt").write_text("one\ntwo\n")
-    out = cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "i", "--model", tiny_model_dir, "--max-length", "400", "--fp32")
+    out = cli(
+        "index",
+        "build",
+        "--corpus",
+        tmp_path / "a.txt",
+        "--out",
+        tmp_path / "i",
+        "--model",
+        tiny_model_dir,
+        "--max-length",
+        "400",
+        "--fp32",
+    )
     assert out.code == 0, out.err[-2000:]
     other = build_tiny_model(tmp_path / "other", seed=3)
     cli("search", tmp_path / "i", "q", "--model", other, "--fp32").assert_bad_input("built by model")
-    cli("index", "add", tmp_path / "i", "--corpus", tmp_path / "a.txt", "--model", other, "--fp32").assert_bad_input("built by model")
+    cli("index", "add", tmp_path / "i", "--corpus", tmp_path / "a.txt", "--model", other, "--fp32").assert_bad_input(
+        "built by model"
+    )
     cli("index", "add", tmp_path / "i", "--corpus", tmp_path / "a.txt", "--fp32").assert_bad_input("already in the index")
     cli("search", tmp_path / "i", "  ").assert_bad_input("empty")
     cli("search", tmp_path / "i", " ").assert_bad_input("empty")
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
-    cli("index", "build", "--corpus", tmp_path / "bad.txt", "--out", tmp_path / "j", "--model", tiny_model_dir).assert_bad_input("bad.txt:2: not UTF-8 text")
-    cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "j", "--model", tiny_model_dir, "--compact", "int4").assert_bad_input("--compact")
+    cli("index", "build", "--corpus", tmp_path / "bad.txt", "--out", tmp_path / "j", "--model", tiny_model_dir).assert_bad_input(
+        "bad.txt:2: not UTF-8 text"
+    )
+    cli(
+        "index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "j", "--model", tiny_model_dir, "--compact", "int4"
+    ).assert_bad_input("--compact")
     (tmp_path / "afile").write_text("keep me")
-    cli("index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "afile", "--model", tiny_model_dir, "--overwrite").assert_bad_input("is not a folder")
+    cli(
+        "index", "build", "--corpus", tmp_path / "a.txt", "--out", tmp_path / "afile", "--model", tiny_model_dir, "--overwrite"
+    ).assert_bad_input("is not a folder")
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_cli_reports_truncation_compaction_and_the_ann_choice(cli, tiny_model_dir, tmp_path):
     long = " ".join(["the heart pumps blood through the body"] * 40)
     (tmp_path / "c.txt").write_text("\n".join([long, "short one", long, "cat"]) + "\n")
-    out = cli("index", "build", "--corpus", tmp_path / "c.txt", "--out", tmp_path / "i", "--model", tiny_model_dir,
-              "--max-length", "120", "--fp32", "--compact", "int8", "--exact-threshold", "2")
+    out = cli(
+        "index",
+        "build",
+        "--corpus",
+        tmp_path / "c.txt",
+        "--out",
+        tmp_path / "i",
+        "--model",
+        tiny_model_dir,
+        "--max-length",
+        "120",
+        "--fp32",
+        "--compact",
+        "int8",
+        "--exact-threshold",
+        "2",
+    )
     assert out.code == 0, out.err[-2000:]
-    assert "plan: 4 documents -> int8 vectors, an HNSW graph (approximate search: 4 documents >= --exact-threshold 2); vectors ~0 MiB" in out.out
+    assert (
+        "plan: 4 documents -> int8 vectors, an HNSW graph (approximate search: 4 documents >= --exact-threshold 2); vectors ~0 MiB"
+        in out.out
+    )
     assert "indexed 4 documents (int8, HNSW graph: approximate search, as 4 documents >= --exact-threshold 2" in out.out
     from searchr3.commands.index import _plan
 

@@ -1,4 +1,5 @@
 """Loss terms against hand computations."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """The model core: token handling, prompts, direct and reasoning encoding, saving and loading."""
+
 from __future__ import annotations
 
 import json
@@ -58,13 +59,17 @@ def test_shared_prompt_prefix_is_run_once_and_changes_nothing(tiny):
     ids = tiny.prompt_ids(TEXTS, "document")
     assert shared_prefix(ids) >= MIN_SHARED_PREFIX  # the path under test is taken
     seen = []
-    hook = tiny.decoder_and_head()[0].register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    hook = tiny.decoder_and_head()[0].register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     try:
         got = tiny.encode_document(TEXTS, batch_size=3, normalize_embeddings=False, convert_to_tensor=True)
     finally:
         hook.remove()
     prefix = shared_prefix(ids)
-    assert seen[0] == (1, prefix) and all(shape[1] == max(len(ids[i]) for i in rows) - prefix for shape, rows in zip(seen[1:], ([2, 0, 1], [3])))
+    assert seen[0] == (1, prefix) and all(
+        shape[1] == max(len(ids[i]) for i in rows) - prefix for shape, rows in zip(seen[1:], ([2, 0, 1], [3]))
+    )
     for row, x in zip(got, ids):
         assert torch.allclose(row, full_forward_hidden(tiny, x), atol=1e-5)
     assert shared_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == 1  # every row keeps one token of its own
@@ -98,7 +103,7 @@ def test_truncation_keeps_template_tail(tiny):
     ids = tiny.prompt_ids([long], "document")[0]
     tail = tiny.template("document").tail
     assert len(ids) == tiny.max_length
-    assert ids[-len(tail):] == tail and ids[-1] == tiny.embed_token_id
+    assert ids[-len(tail) :] == tail and ids[-1] == tiny.embed_token_id
     assert np.isfinite(tiny.encode_document(long)).all()
 
 
@@ -170,7 +175,9 @@ def test_reasoning_runs_the_shared_prompt_head_once_and_changes_nothing(tiny, mo
     head = model_module.shared_prefix(prompts)
     assert head >= model_module.MIN_SHARED_PREFIX  # the path under test is taken
     seen = []
-    hook = tiny.decoder_and_head()[0].register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    hook = tiny.decoder_and_head()[0].register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     try:
         shared = tiny.reason(TEXTS, max_new_tokens=6, normalize_embeddings=False, batch_size=3)
     finally:
@@ -277,7 +284,9 @@ def test_bad_model_paths(tmp_path):
         SearchR3.from_pretrained(tmp_path / "empty")
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)).save_pretrained(tmp_path / "bert")
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+    ).save_pretrained(tmp_path / "bert")
     with pytest.raises(ModelLoadError, match="not a causal language model"):
         SearchR3.from_pretrained(tmp_path / "bert")
 

@@ -1,4 +1,5 @@
 """The main job end to end on a tiny model: every stage runs, writes its report, and a re-run resumes."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,22 @@ import pytest
 from searchr3.pipeline import Pipeline, PipelineConfig, run_pipeline
 from tests.conftest import write_beir
 
-TOPICS = ["cat mat", "paris france", "protein fold", "search engine", "heart blood", "embedding vector", "rain clouds", "capital city"]
-PROMPTS = {"query_system": "Query.", "document_system": "Passage.", "reasoning_system": "Think.", "direct_answer": "E <|embed_token|>"}
+TOPICS = [
+    "cat mat",
+    "paris france",
+    "protein fold",
+    "search engine",
+    "heart blood",
+    "embedding vector",
+    "rain clouds",
+    "capital city",
+]
+PROMPTS = {
+    "query_system": "Query.",
+    "document_system": "Passage.",
+    "reasoning_system": "Think.",
+    "direct_answer": "E <|embed_token|>",
+}
 
 
 @pytest.fixture()
@@ -29,10 +44,35 @@ def data(tmp_path) -> Path:
 
 def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     cfg = PipelineConfig(
-        out=str(tmp_path / "run"), data=str(data), model=str(tiny_model_dir), examples=2, eval_max_length=0,  # the tiny prompts are long
-        sft=dict(prompts=PROMPTS, cloze=2, wordnet=0, eval_queries=0, batch_size=4, max_steps=2, save_every=1,
-                 reasoning_tokens=4, query_tokens=16, doc_tokens=24, bf16=False, show_progress=False),
-        rl=dict(steps=1, queries_per_step=2, group=2, max_new_tokens=3, doc_max_length=64, bf16=False, show_progress_bar=False, env={"k": 4, "candidates": 4}),
+        out=str(tmp_path / "run"),
+        data=str(data),
+        model=str(tiny_model_dir),
+        examples=2,
+        eval_max_length=0,  # the tiny prompts are long
+        sft=dict(
+            prompts=PROMPTS,
+            cloze=2,
+            wordnet=0,
+            eval_queries=0,
+            batch_size=4,
+            max_steps=2,
+            save_every=1,
+            reasoning_tokens=4,
+            query_tokens=16,
+            doc_tokens=24,
+            bf16=False,
+            show_progress=False,
+        ),
+        rl=dict(
+            steps=1,
+            queries_per_step=2,
+            group=2,
+            max_new_tokens=3,
+            doc_max_length=64,
+            bf16=False,
+            show_progress_bar=False,
+            env={"k": 4, "candidates": 4},
+        ),
     )
     summary = run_pipeline(cfg)
     names = [(r["dataset"].split("[")[0], r["system"], r["reasoning"]) for r in summary["rows"]]
@@ -42,7 +82,10 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     assert names == [(d, *s) for d in sets for s in systems] + [(d, *s) for d in sets for s in trained]
     assert {r["num_docs"] for r in summary["rows"] if r["dataset"].startswith("wikiqa-dev")} == {6}
     assert json.loads((tmp_path / "run" / "sft" / "config.json").read_text())["config"]["data"] == [
-        str(data / "train" / "nq"), str(data / "train" / "squad"), str(data / "train" / "wikiqa")]
+        str(data / "train" / "nq"),
+        str(data / "train" / "squad"),
+        str(data / "train" / "wikiqa"),
+    ]
     out = tmp_path / "run"
     for f in ("results.md", "results.json", "ndcg.png", "examples.md", "sft/log.jsonl", "rl/reward.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -88,7 +131,10 @@ def test_presets_choose_the_evaluation_corpus(data, tiny_model_dir):
     assert PipelineConfig(data=str(data), preset="full").eval_docs == 0  # full: the whole corpus
     assert PipelineConfig(data=str(data), eval_docs=50).eval_docs == 50
     assert PipelineConfig(data=str(data)).eval_queries == 40 and PipelineConfig(data=str(data), preset="full").eval_queries == 0
-    assert PipelineConfig(data=str(data)).eval_max_length == 256 and PipelineConfig(data=str(data), preset="full").eval_max_length == 0
+    assert (
+        PipelineConfig(data=str(data)).eval_max_length == 256
+        and PipelineConfig(data=str(data), preset="full").eval_max_length == 0
+    )
     assert Pipeline(PipelineConfig(data=str(data)))._load(str(tiny_model_dir)).max_length == 256  # the models it evaluates
     # stage 2's folder: the preset's unless named
     assert PipelineConfig(data=str(data)).rl_data == str(data / "scifact-2k")
@@ -105,10 +151,13 @@ def test_the_final_stage_evaluates_the_stage_1_model_only_when_asked(tmp_path, d
     m = SearchR3.from_pretrained(str(tiny_model_dir))
     m.prompts = replace(m.prompts, max_reasoning_tokens=3)  # the untrained model reasons to the limit: keep it short
     model = str(m.save_pretrained(tmp_path / "model"))
-    cfg = PipelineConfig(out=str(tmp_path / "run"), data=str(data), model=model, examples=1, eval_max_length=0, evaluate_sft=False)
+    cfg = PipelineConfig(
+        out=str(tmp_path / "run"), data=str(data), model=model, examples=1, eval_max_length=0, evaluate_sft=False
+    )
     final = Pipeline(cfg).final(tmp_path / "final", model, model)
     assert [(r["dataset"].split("[")[0], r["system"], r["reasoning"]) for r in final["rows"]] == [
-        (d, "searchr3 SFT+RL", mode) for d in ("msmarco-mini", "wikiqa-dev") for mode in (False, True, "mix")]
+        (d, "searchr3 SFT+RL", mode) for d in ("msmarco-mini", "wikiqa-dev") for mode in (False, True, "mix")
+    ]
 
 
 def test_pipeline_config_errors(tmp_path, data):

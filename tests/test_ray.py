@@ -1,4 +1,5 @@
 """Ray Data encoding on a local 2-CPU Ray: same vectors and the same index as the local path."""
+
 import numpy as np
 import pytest
 import ray  # a hard dependency: imported, never skipped
@@ -6,8 +7,14 @@ import ray  # a hard dependency: imported, never skipped
 from searchr3.index import Index
 from searchr3.ray_encode import encode_with_ray
 
-TEXTS = ["the cat sat on the mat", "paris is the capital of france", "proteins fold into shapes",
-         "rain falls from clouds", "the heart pumps blood through the body", "a search engine ranks documents"]
+TEXTS = [
+    "the cat sat on the mat",
+    "paris is the capital of france",
+    "proteins fold into shapes",
+    "rain falls from clouds",
+    "the heart pumps blood through the body",
+    "a search engine ranks documents",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +36,9 @@ def test_ray_build_equals_local_build(local_ray, tiny_model_dir, tmp_path, cli):
     diff = float(np.abs(local.vectors() - distributed.vectors()).max())
     print(f"ray vs local: max abs diff {diff:.2e}")
     assert diff < 1e-5
-    assert [d.id for d in local.docs] == [d.id for d in distributed.docs] and local.meta.fingerprint == distributed.meta.fingerprint
+    assert [d.id for d in local.docs] == [
+        d.id for d in distributed.docs
+    ] and local.meta.fingerprint == distributed.meta.fingerprint
 
 
 def test_encode_with_ray_errors(local_ray, tiny_model_dir):

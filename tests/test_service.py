@@ -1,4 +1,5 @@
 """The HTTP service, started with uvicorn on a free loopback port and called over HTTP."""
+
 import asyncio
 import base64
 import functools
@@ -22,7 +23,13 @@ TEXTS = ["the cat sat on the mat", "paris is the capital of france", "proteins f
 def server(tiny, tiny_model_dir, tmp_path):
     """A running server (index of 4 docs); yields (base url, app, model, index dir)."""
     tiny.prompts.max_reasoning_tokens = 4
-    build_index(tiny, [Doc(f"d{i}", t) for i, t in enumerate(TEXTS)], tmp_path / "idx", model_name=str(tiny_model_dir), show_progress_bar=False)
+    build_index(
+        tiny,
+        [Doc(f"d{i}", t) for i, t in enumerate(TEXTS)],
+        tmp_path / "idx",
+        model_name=str(tiny_model_dir),
+        show_progress_bar=False,
+    )
     cfg = ServiceConfig(max_batch=64, max_wait_ms=30, max_texts=8, max_text_chars=200, max_body_bytes=4000)
     app = create_app(searcher=Searcher(tmp_path / "idx", tiny), config=cfg)
     with running_server(app) as url:
@@ -67,7 +74,12 @@ BAD_EMBEDDINGS = [
     ("empty list", {"input": []}, 400, "input must not be empty"),
     ("empty text", {"input": ""}, 400, "input[0] is empty"),
     ("whitespace text", {"input": ["ok", " \n\t"]}, 400, "input[1] is empty"),
-    ("lone high surrogate", b'{"input": ["fine", "\\ud800 x"]}', 400, "input[1] is not valid Unicode text: a lone surrogate U+D800"),
+    (
+        "lone high surrogate",
+        b'{"input": ["fine", "\\ud800 x"]}',
+        400,
+        "input[1] is not valid Unicode text: a lone surrogate U+D800",
+    ),
     ("lone low surrogate", b'{"input": "\\udfff"}', 400, "input[0] is not valid Unicode text: a lone surrogate U+DFFF"),
     ("reversed surrogate pair", b'{"input": ["a", "b", "\\udc00\\ud800"]}', 400, "input[2] is not valid Unicode text"),
     ("too many inputs", {"input": ["a"] * 9}, 413, "too many inputs: 9 > 8"),
@@ -134,7 +146,12 @@ def test_search_bad_requests(server, body, status, msg):
     assert r.status_code == status and msg in r.json()["error"]["message"], r.text
 
 
-POISON = [b'{"input": ["\\ud800 x"]}', b'{"input": ["ok", "\\udfff"]}', b'{"input": "\\udc00\\ud800"}', b'{"input": ["a", "b", "c", "\\ud834"]}']
+POISON = [
+    b'{"input": ["\\ud800 x"]}',
+    b'{"input": ["ok", "\\udfff"]}',
+    b'{"input": "\\udc00\\ud800"}',
+    b'{"input": ["a", "b", "c", "\\ud834"]}',
+]
 
 
 def test_poison_requests_fail_alone(server):
@@ -150,9 +167,11 @@ def test_poison_requests_fail_alone(server):
 
     for _ in range(3):
         responses = asyncio.run(load())
-        good, bad = responses[:6] + responses[6 + len(POISON):], responses[6 : 6 + len(POISON)]
+        good, bad = responses[:6] + responses[6 + len(POISON) :], responses[6 : 6 + len(POISON)]
         assert [r.status_code for r in good] == [200] * 12
-        np.testing.assert_allclose([r.json()["data"][0]["embedding"] for r in good], model.encode_document([TEXTS[i % 4] for i in range(12)]), atol=1e-5)
+        np.testing.assert_allclose(
+            [r.json()["data"][0]["embedding"] for r in good], model.encode_document([TEXTS[i % 4] for i in range(12)]), atol=1e-5
+        )
         assert [r.status_code for r in bad] == [400] * 4
         for r, where in zip(bad, ["input[0]", "input[1]", "input[0]", "input[3]"]):
             assert r.json()["error"]["message"].startswith(f"{where} is not valid Unicode text"), r.text
@@ -162,7 +181,12 @@ def test_batcher_isolates_a_failing_request(tiny):
     """Past the service's checks (here: straight into the batcher), a text the tokenizer refuses fails its own request only."""
     batcher = MicroBatcher(tiny, max_batch=64, max_wait_ms=200)
     try:
-        futures = [batcher.submit([TEXTS[0]]), batcher.submit(["\ud800 x"]), batcher.submit([TEXTS[1], TEXTS[2]]), batcher.submit(["ok", "\udfff"])]
+        futures = [
+            batcher.submit([TEXTS[0]]),
+            batcher.submit(["\ud800 x"]),
+            batcher.submit([TEXTS[1], TEXTS[2]]),
+            batcher.submit(["ok", "\udfff"]),
+        ]
         with pytest.raises(TypeError):
             futures[1].result(timeout=60)
         with pytest.raises(TypeError):
@@ -230,7 +254,9 @@ def test_micro_batcher_groups_by_kind(tiny):
         MicroBatcher(tiny, max_batch=0)
 
 
-@pytest.mark.parametrize("field,value", [("max_batch", 0), ("max_texts", -1), ("max_body_bytes", 0), ("max_wait_ms", float("nan")), ("max_k", 1.5)])
+@pytest.mark.parametrize(
+    "field,value", [("max_batch", 0), ("max_texts", -1), ("max_body_bytes", 0), ("max_wait_ms", float("nan")), ("max_k", 1.5)]
+)
 def test_service_config_is_checked(field, value):
     with pytest.raises(ValueError, match=field):
         ServiceConfig(**{field: value})
@@ -240,9 +266,14 @@ def test_serve_command_help(cli):
     out = cli("serve", "--help")
     assert out.code == 0 and "/v1/embeddings" in out.out and "--max-batch" in out.out
     cli("serve", "/nonexistent/idx").assert_bad_input("does not exist")
-    for args, msg in [(["--max-batch", "0"], "--max-batch"), (["--port", "99999"], "--port"), (["--port", "0"], "--port"),
-                      (["--max-texts", "0"], "--max-texts"), (["--max-wait-ms", "-1"], "--max-wait-ms"),
-                      (["--max-wait-ms", "nan"], "--max-wait-ms")]:
+    for args, msg in [
+        (["--max-batch", "0"], "--max-batch"),
+        (["--port", "99999"], "--port"),
+        (["--port", "0"], "--port"),
+        (["--max-texts", "0"], "--max-texts"),
+        (["--max-wait-ms", "-1"], "--max-wait-ms"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms"),
+    ]:
         cli("serve", *args).assert_bad_input(msg)
 
 
@@ -253,7 +284,9 @@ def wide_server(tmp_path_factory):
     from searchr3 import SearchR3
     from tests.conftest import build_tiny_model
 
-    model = SearchR3.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("wide") / "m", hidden=192), bf16=False, max_length=400)
+    model = SearchR3.from_pretrained(
+        build_tiny_model(tmp_path_factory.mktemp("wide") / "m", hidden=192), bf16=False, max_length=400
+    )
     app = create_app(model, config=ServiceConfig(max_wait_ms=5))
     with running_server(app) as url:
         yield url, model

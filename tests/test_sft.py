@@ -1,4 +1,5 @@
 """Stage-1 trainer on a tiny random model: losses, LoRA + token row, resume after kill -9, bad input, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,24 @@ from tests.conftest import REPO, build_tiny_model, write_topic_beir
 from tests.test_sources import write_beir
 
 TOPICS = [
-    "cat mat", "paris france", "protein fold", "search engine", "heart blood", "embedding vector",
-    "rain clouds", "the sky", "capital city", "body shapes",
+    "cat mat",
+    "paris france",
+    "protein fold",
+    "search engine",
+    "heart blood",
+    "embedding vector",
+    "rain clouds",
+    "the sky",
+    "capital city",
+    "body shapes",
 ]
 
 
 @pytest.fixture(scope="module")
 def beir_dir(tmp_path_factory) -> Path:
-    return write_topic_beir(tmp_path_factory.mktemp("beir"), TOPICS, "The {t} is here. This passage is about {t}. More {t} text follows here.")
+    return write_topic_beir(
+        tmp_path_factory.mktemp("beir"), TOPICS, "The {t} is here. This passage is about {t}. More {t} text follows here."
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +49,34 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 # Short prompts: the tiny tokenizer spells the default system prompts out in ~200 tokens.
-PROMPTS = {"query_system": "Query.", "document_system": "Passage.", "reasoning_system": "Think.", "direct_answer": "E <|embed_token|>"}
+PROMPTS = {
+    "query_system": "Query.",
+    "document_system": "Passage.",
+    "reasoning_system": "Think.",
+    "direct_answer": "E <|embed_token|>",
+}
 
 
 def tiny_cfg(out: Path, model_dir: Path, beir_dir: Path, **kw) -> SFTConfig:
-    base = dict(prompts=PROMPTS,
-        out=str(out), model=str(model_dir), data=[str(beir_dir)], cloze=4, wordnet=0, eval_queries=2, eval_docs=6,
-        batch_size=4, max_steps=4, eval_every=0, save_every=1, reasoning_tokens=4, query_tokens=16, doc_tokens=24,
-        bf16=False, show_progress=False, lr=5e-3,
+    base = dict(
+        prompts=PROMPTS,
+        out=str(out),
+        model=str(model_dir),
+        data=[str(beir_dir)],
+        cloze=4,
+        wordnet=0,
+        eval_queries=2,
+        eval_docs=6,
+        batch_size=4,
+        max_steps=4,
+        eval_every=0,
+        save_every=1,
+        reasoning_tokens=4,
+        query_tokens=16,
+        doc_tokens=24,
+        bf16=False,
+        show_progress=False,
+        lr=5e-3,
     )
     base.update(kw)
     return SFTConfig(**base)
@@ -202,9 +233,37 @@ def test_plot_curves(tmp_path):
 
 
 def test_cli_sft(tmp_path, model_dir, beir_dir, cli):
-    args = ["train", "sft", "--out", tmp_path / "run", "--data", beir_dir, "--model", model_dir, "--steps", "1",
-            "--batch-size", "4", "--cloze", "2", "--wordnet", "0", "--eval-queries", "2", "--eval-every", "0",
-            "--query-tokens", "16", "--doc-tokens", "24", "--reasoning-tokens", "4", "--fp32", "--lora-r", "4"]
+    args = [
+        "train",
+        "sft",
+        "--out",
+        tmp_path / "run",
+        "--data",
+        beir_dir,
+        "--model",
+        model_dir,
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--cloze",
+        "2",
+        "--wordnet",
+        "0",
+        "--eval-queries",
+        "2",
+        "--eval-every",
+        "0",
+        "--query-tokens",
+        "16",
+        "--doc-tokens",
+        "24",
+        "--reasoning-tokens",
+        "4",
+        "--fp32",
+        "--lora-r",
+        "4",
+    ]
     res = cli(*args)
     assert res.code == 0, res.err[-3000:]
     assert "final model" in res.out and (tmp_path / "run" / "final" / "searchr3.json").is_file()
@@ -212,7 +271,9 @@ def test_cli_sft(tmp_path, model_dir, beir_dir, cli):
     assert (adapter["r"], adapter["lora_alpha"]) == (4, 32)  # --lora-r no longer forces lora_alpha = 2r
     cli(*args).assert_bad_input("--resume")  # the same --out again without --resume
     cli("train", "sft", "--data", tmp_path / "missing", "--out", tmp_path / "r2").assert_bad_input("does not exist")
-    cli("train", "sft", "--batch-size", "1", "--hard-negatives", "0", "--out", tmp_path / "r3").assert_bad_input("without negatives")
+    cli("train", "sft", "--batch-size", "1", "--hard-negatives", "0", "--out", tmp_path / "r3").assert_bad_input(
+        "without negatives"
+    )
     assert "--reasoning-share" in cli("train", "sft", "--help").out
 
 
@@ -260,8 +321,18 @@ def test_top_layer_lora_trains_only_the_top_layers(tmp_path, model_dir, beir_dir
 def test_emission_is_learned_on_a_toy_task(tmp_path, model_dir, beir_dir, lora_layers):
     """Traces that end in the token teach the model to write it: the random base never emits it (greedy),
     the trained model does for the training queries, with LoRA on all layers or on the top one only."""
-    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, max_steps=20, reasoning_share=1.0, lora_layers=lora_layers, eval_queries=0, cloze=0,
-                   w_nce=0.0, w_triplet=0.0)  # the LM term alone: on 2 random layers the contrastive gradients swamp it
+    cfg = tiny_cfg(
+        tmp_path / "run",
+        model_dir,
+        beir_dir,
+        max_steps=20,
+        reasoning_share=1.0,
+        lora_layers=lora_layers,
+        eval_queries=0,
+        cloze=0,
+        w_nce=0.0,
+        w_triplet=0.0,
+    )  # the LM term alone: on 2 random layers the contrastive gradients swamp it
     data = build_data(cfg)
     queries = sorted({ex.query for ex in data.examples})
     base = SearchR3.from_pretrained(model_dir, prompts=PROMPTS, bf16=False)
@@ -295,7 +366,16 @@ def test_self_traces_bank_is_written_follows_the_rule_and_resumes(tmp_path, mode
     """traces="self": each reasoning query gets sampled candidates scored against the direct embedding;
     the trained trace is the winner or the empty trace, the bank records both, and a resume drops the
     bank rows of steps it redoes (so the bank equals the straight run's)."""
-    cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, traces="self", trace_samples=3, reasoning_share=1.0, max_steps=3, reasoning_tokens=6)
+    cfg = tiny_cfg(
+        tmp_path / "run",
+        model_dir,
+        beir_dir,
+        traces="self",
+        trace_samples=3,
+        reasoning_share=1.0,
+        max_steps=3,
+        reasoning_tokens=6,
+    )
     train_sft(cfg)
     rows = [json.loads(x) for x in (tmp_path / "run" / "bank.jsonl").read_text().splitlines()]
     assert {r["step"] for r in rows} == {1, 2, 3} and all(len(r["candidates"]) <= 3 for r in rows)

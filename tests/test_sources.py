@@ -1,4 +1,5 @@
 """Training-example sources: BEIR pairs, inverse cloze, WordNet, BM25 hard negatives."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,14 @@ import pytest
 
 from searchr3.data.beir import DataError
 from searchr3.data.sources import (
-    Example, add_bm25_negatives, beir_examples, cloze_examples, load_training_folder, parse_wordnet_line,
-    split_sentences, wordnet_examples,
+    Example,
+    add_bm25_negatives,
+    beir_examples,
+    cloze_examples,
+    load_training_folder,
+    parse_wordnet_line,
+    split_sentences,
+    wordnet_examples,
 )
 from tests.conftest import write_beir as _write_beir
 
@@ -29,7 +36,9 @@ def test_beir_examples_pairs_each_judged_positive(tmp_path):
     ds = load_training_folder(write_beir(tmp_path, [("q0", "d0", 1), ("q1", "d1", 1), ("q1", "d2", 1), ("q3", "d3", 0)]))
     exs = beir_examples(ds)
     assert [(e.query, e.positive) for e in exs] == [
-        (QUERIES["q0"], DOCS["d0"]), (QUERIES["q1"], DOCS["d1"]), (QUERIES["q1"], DOCS["d2"]),
+        (QUERIES["q0"], DOCS["d0"]),
+        (QUERIES["q1"], DOCS["d1"]),
+        (QUERIES["q1"], DOCS["d2"]),
     ]
     assert exs[1].positive_ids == {"d1", "d2"}  # both positives of q1 are off-limits as its negatives
     assert [e.query for e in beir_examples(ds, ["q1"])] == [QUERIES["q1"]] * 2
@@ -61,7 +70,7 @@ def test_cloze_query_is_a_sentence_removed_from_its_passage():
 
 
 def test_parse_wordnet_line():
-    line = "02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 001 @ 02083346 n 0000 | a member of the genus Canis; \"the dog barked all night\"  \n"
+    line = '02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 001 @ 02083346 n 0000 | a member of the genus Canis; "the dog barked all night"  \n'
     assert parse_wordnet_line(line) == ("02084071", ["dog", "domestic dog", "Canis familiaris"], "a member of the genus Canis")
     assert parse_wordnet_line("  1 This software and database is being provided\n") is None
 

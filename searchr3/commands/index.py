@@ -1,4 +1,5 @@
 """``searchr3 index build|add``: encode a corpus into a persistent search index."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,20 +28,34 @@ def _encode(model, model_name, docs, batch_size, ray, ray_actors, ray_address, b
     from searchr3.ray_encode import encode_with_ray
 
     return encode_with_ray(
-        [d.text for d in docs], model_name, prompts=model.prompts.to_dict(), max_length=model.max_length,
-        bf16=bf16, concurrency=ray_actors, batch_size=batch_size, address=ray_address,
+        [d.text for d in docs],
+        model_name,
+        prompts=model.prompts.to_dict(),
+        max_length=model.max_length,
+        bf16=bf16,
+        concurrency=ray_actors,
+        batch_size=batch_size,
+        address=ray_address,
     )
 
 
 def build(
-    corpus: Path = typer.Option(..., "--corpus", help="BEIR folder, .jsonl (_id/id, text, title) or .txt (one document per line)."),
+    corpus: Path = typer.Option(
+        ..., "--corpus", help="BEIR folder, .jsonl (_id/id, text, title) or .txt (one document per line)."
+    ),
     out: Path = typer.Option(..., "--out", help="Index folder to write."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder or name (default: built-in SmolLM2)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", min=16, help="Token limit per document (default: the model's, 512)."),
+    max_length: Optional[int] = typer.Option(
+        None, "--max-length", min=16, help="Token limit per document (default: the model's, 512)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    exact_threshold: int = typer.Option(20_000, "--exact-threshold", min=0, help="Below this many documents search is exact; above, HNSW."),
+    exact_threshold: int = typer.Option(
+        20_000, "--exact-threshold", min=0, help="Below this many documents search is exact; above, HNSW."
+    ),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="Keep document texts in the index."),
-    compact: str = typer.Option("none", "--compact", help="Vector storage: none (float32) or int8 (FAISS scalar quantizer, 4x smaller)."),
+    compact: str = typer.Option(
+        "none", "--compact", help="Vector storage: none (float32) or int8 (FAISS scalar quantizer, 4x smaller)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast for encoding."),
     ray: bool = typer.Option(False, "--ray", help="Encode with Ray Data (an actor pool of model replicas)."),
@@ -63,8 +78,18 @@ def build(
     typer.echo(_plan(len(docs), m.hidden_size, compact, exact_threshold))
     vectors = _encode(m, model, docs, batch_size, ray, ray_actors, ray_address, bf16)
     try:
-        index = build_index(m, docs, out, model_name=model, vectors=vectors, batch_size=batch_size,
-                            exact_threshold=exact_threshold, store_text=store_text, compact=compact, sources=[str(corpus)])
+        index = build_index(
+            m,
+            docs,
+            out,
+            model_name=model,
+            vectors=vectors,
+            batch_size=batch_size,
+            exact_threshold=exact_threshold,
+            store_text=store_text,
+            compact=compact,
+            sources=[str(corpus)],
+        )
     except ValueError as e:  # duplicate ids in the corpus, a vector that is not finite
         raise UsageError(str(e)) from None
     typer.echo(f"indexed {len(index)} documents ({_describe(index)}, dim {index.meta.dim}) into {out}")
@@ -75,7 +100,11 @@ def _plan(n: int, dim: int, compact: str, exact_threshold: int) -> str:
     """What will be built, and what its vectors will take, said before the (long) encoding starts."""
     per_doc = dim if compact == "int8" else 4 * dim
     need = n * per_doc / 2**20
-    search = "exact search" if n < exact_threshold else f"an HNSW graph (approximate search: {n:,} documents >= --exact-threshold {exact_threshold:,})"
+    search = (
+        "exact search"
+        if n < exact_threshold
+        else f"an HNSW graph (approximate search: {n:,} documents >= --exact-threshold {exact_threshold:,})"
+    )
     line = f"plan: {n:,} documents -> {'int8' if compact == 'int8' else 'float32'} vectors, {search}; vectors ~{need:,.0f} MiB"
     available = _available_mib()
     if available is not None and need > 0.5 * available:
@@ -111,7 +140,9 @@ def _truncation_line(cut: int, total: int, max_length: int) -> str:
 def add(
     index_dir: Path = typer.Argument(..., help="Existing index folder."),
     corpus: Path = typer.Option(..., "--corpus", help="Documents to append (same formats as build)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model to encode with; must be the one that built the index (default: it)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model to encode with; must be the one that built the index (default: it)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     bf16: bool = typer.Option(True, "--bf16/--fp32"),
     ray: bool = typer.Option(False, "--ray", help="Encode with Ray Data."),

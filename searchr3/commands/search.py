@@ -1,4 +1,5 @@
 """``searchr3 search IDX "query"``: ranked hits from an index."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,9 @@ def search(
     queries: List[str] = typer.Argument(..., help="One or more queries."),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="Hits per query."),
     reasoning: bool = typer.Option(False, "--reasoning", help="Let the model reason about the query before embedding it."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model to use; must be the one that built the index (default: it)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model to use; must be the one that built the index (default: it)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per query, one per line)."),
     width: int = typer.Option(100, "--width", min=1, help="Characters of document text to show."),
     bf16: bool = typer.Option(True, "--bf16/--fp32"),
@@ -37,8 +40,17 @@ def search(
     searcher = Searcher(index_dir, model, bf16=bf16)  # IndexFormatError, ModelMismatchError: bad input
     for res in searcher.search_many(list(queries), k=k, reasoning=reasoning):
         if as_json:
-            typer.echo(json.dumps({"query": res.query, "reasoning": res.reasoning, "truncated": res.truncated,
-                                   "hits": [asdict(h) for h in res.hits]}, ensure_ascii=False))
+            typer.echo(
+                json.dumps(
+                    {
+                        "query": res.query,
+                        "reasoning": res.reasoning,
+                        "truncated": res.truncated,
+                        "hits": [asdict(h) for h in res.hits],
+                    },
+                    ensure_ascii=False,
+                )
+            )
             continue
         typer.secho(f"query: {res.query}", bold=True)
         if res.truncated:

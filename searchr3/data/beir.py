@@ -166,9 +166,7 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(
-                    f"not valid UTF-8 ({e.reason} at byte {e.start})", path, n
-                ) from None
+                raise DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path, n) from None
             if n == 1:
                 line = line.removeprefix("\ufeff")
             yield n, line.rstrip("\r\n")
@@ -188,9 +186,7 @@ def _read_records(path: Path) -> Iterator[tuple[str, str, dict, int]]:
             raise DataError(f"expected a JSON object, got {type(rec).__name__}", path, n)
         rid = rec.get("_id")
         if isinstance(rid, bool) or not isinstance(rid, str | int) or str(rid) == "":
-            raise DataError(
-                "missing or invalid '_id' (need a non-empty string or integer)", path, n
-            )
+            raise DataError("missing or invalid '_id' (need a non-empty string or integer)", path, n)
         rid = str(rid)
         if rid in seen:
             raise DataError(f"duplicate id {rid!r}", path, n)
@@ -210,9 +206,7 @@ def _optional_str(rec: dict, key: str, path: Path, line: int) -> str:
     return value
 
 
-def _read_qrels(
-    path: Path, queries: Mapping[str, str], corpus: Mapping[str, object]
-) -> dict[str, dict[str, int]]:
+def _read_qrels(path: Path, queries: Mapping[str, str], corpus: Mapping[str, object]) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     unknown_docs: set[str] = set()
     numbered = list(_read_lines(path))

@@ -11,6 +11,7 @@ Sources, each a small function returning a list of :class:`Example`:
 
 Evaluation data (msmarco-mini) is never a training source.
 """
+
 from __future__ import annotations
 
 import random
@@ -78,7 +79,9 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
 
 
-def cloze_examples(corpus: Mapping[str, Mapping[str, str]], n: int, *, seed: int = 0, min_words: int = 6, name: str = "cloze") -> list[Example]:
+def cloze_examples(
+    corpus: Mapping[str, Mapping[str, str]], n: int, *, seed: int = 0, min_words: int = 6, name: str = "cloze"
+) -> list[Example]:
     """Inverse cloze: up to ``n`` examples, each from a different passage of ``corpus``.
 
     The query is the title when there is one, else a random sentence of at least ``min_words``
