@@ -61,29 +61,23 @@ def predictable_traces(m, pairs, documents, heads, candidates: int = 20, keep: i
     import torch
 
     from searchr3.grpo import sequence_logprobs
-    from searchr3.traces import KEYWORD_PREFIX, KeywordTracer
+    from searchr3.traces import KeywordTracer, keyword_lead, keyword_trace_ids
 
     tracer = KeywordTracer(documents, candidates)
-    lead = "" if m.prompts.reasoning_prefix.strip() == KEYWORD_PREFIX else KEYWORD_PREFIX
+    lead = keyword_lead(m)
     lead_ids = m.tokenizer(lead, add_special_tokens=False)["input_ids"] if lead else []
     out: dict[str, list[int]] = {}
     for (query, positive), head in zip(pairs, heads):
-        terms = tracer.terms(query, positive)
-        if not terms or query in out:
-            out.setdefault(query, [m.embed_token_id])
+        if query in out:
             continue
-        words = [m.tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in terms]
-        with torch.no_grad():
-            logp, _, mask = sequence_logprobs(m, [head + lead_ids] * len(words), words)
-        score = (logp * mask).sum(1).tolist()
-        chosen = sorted(sorted(range(len(terms)), key=lambda i: -score[i])[:keep])
-        ids: list[int] = []
-        while chosen:
-            ids = m.tokenizer(f"{lead} {', '.join(terms[i] for i in chosen)}.", add_special_tokens=False)["input_ids"]
-            if len(ids) <= m.prompts.max_reasoning_tokens:
-                break
-            chosen, ids = chosen[:-1], []
-        out[query] = ids + [m.embed_token_id]
+        terms = tracer.terms(query, positive)
+        if terms:
+            words = [m.tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in terms]
+            with torch.no_grad():
+                logp, _, mask = sequence_logprobs(m, [head + lead_ids] * len(words), words)
+            score = (logp * mask).sum(1).tolist()
+            terms = [terms[i] for i in sorted(sorted(range(len(terms)), key=lambda i: -score[i])[:keep])]
+        out[query] = keyword_trace_ids(m, terms, m.prompts.max_reasoning_tokens)
     return out
 
 

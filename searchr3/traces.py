@@ -80,28 +80,38 @@ KEYWORD_PREFIX = "Key terms:"
 KEYWORD_REPETITION_PENALTY = 1.3
 
 
+def keyword_lead(model) -> str:
+    """What a keyword trace writes before its terms: nothing when the model's reasoning prompt already ends
+    with :data:`KEYWORD_PREFIX` (``reasoning_prefix``), else the prefix itself."""
+    return "" if model.prompts.reasoning_prefix.strip() == KEYWORD_PREFIX else KEYWORD_PREFIX
+
+
+def keyword_trace_ids(model, terms: Sequence[str], max_tokens: int) -> list[int]:
+    """The completion ids of the keyword trace of ``terms``: terms dropped from the end until it fits
+    ``max_tokens`` (cut at a term boundary), then the embedding token. No terms: just the token."""
+    lead, terms = keyword_lead(model), list(terms)
+    ids: list[int] = []
+    while terms:
+        ids = model.tokenizer(f"{lead} {', '.join(terms)}.", add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens:
+            break
+        terms, ids = terms[:-1], []
+    return ids + [model.embed_token_id]
+
+
 def keyword_traces(
     model, pairs: Sequence[tuple[str, str]], documents: Iterable[str], max_tokens: int, max_terms: int = 6
 ) -> dict[str, list[int]]:
     """{query: completion ids} for (query, positive) pairs: the keyword trace, cut to ``max_tokens``
-    at a term boundary, then the embedding token. An empty trace is just the token.
+    at a term boundary, then the embedding token (:func:`keyword_trace_ids`). An empty trace is just the token.
 
     When the model's reasoning prompt already ends with :data:`KEYWORD_PREFIX` (``reasoning_prefix``),
     the trace is only its continuation (`` a, b, c.``); otherwise it starts with the prefix itself."""
-    lead = "" if model.prompts.reasoning_prefix.strip() == KEYWORD_PREFIX else KEYWORD_PREFIX
     tracer = KeywordTracer(documents, max_terms)
     out: dict[str, list[int]] = {}
     for query, positive in pairs:
-        if query in out:
-            continue
-        terms = tracer.terms(query, positive)
-        ids: list[int] = []
-        while terms:
-            ids = model.tokenizer(f"{lead} {', '.join(terms)}.", add_special_tokens=False)["input_ids"]
-            if len(ids) <= max_tokens:
-                break
-            terms, ids = terms[:-1], []
-        out[query] = ids + [model.embed_token_id]
+        if query not in out:
+            out[query] = keyword_trace_ids(model, tracer.terms(query, positive), max_tokens)
     return out
 
 
