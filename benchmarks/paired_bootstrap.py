@@ -23,7 +23,7 @@ from scipy.stats import bootstrap
 
 from searchr3 import SearchR3
 from searchr3.data.beir import load_beir
-from searchr3.evaluation import encode_corpus, evaluate_bm25, evaluate_encoder
+from searchr3.evaluation import encode_corpus, encode_queries, evaluate_bm25, evaluate_encoder
 from searchr3.io import atomic_write_json
 from searchr3.model import QUERY_MODES
 from searchr3.retrieval import default_corpus_cache
@@ -32,13 +32,17 @@ from searchr3.retrieval import default_corpus_cache
 def compare(model: SearchR3, folder: str, reasoning: str, against: str, resamples: int, seed: int) -> dict:
     ds = load_beir(folder, "test")
     corpus = encode_corpus(model, ds.corpus, batch_size=16, show_progress_bar=True, cache_dir=default_corpus_cache())
-    ours = evaluate_encoder(model, ds, reasoning=reasoning, batch_size=16, corpus_embeddings=corpus, per_query=True)["per_query"]
-    if against == "bm25":
-        other = evaluate_bm25(ds, per_query=True)["per_query"]
-    else:
-        other = evaluate_encoder(model, ds, reasoning=against, batch_size=16, corpus_embeddings=corpus, per_query=True)[
+    modes = [reasoning] + ([] if against == "bm25" else [against])
+    # both of the model's modes in one pass (the library shares the direct pass and the rollouts between them)
+    encoded = encode_queries(model, [ds.queries[q] for q in ds.judged_query_ids()], modes, batch_size=16)
+
+    def per_query(mode: str) -> dict:
+        return evaluate_encoder(model, ds, reasoning=mode, corpus_embeddings=corpus, per_query=True, queries=encoded[mode])[
             "per_query"
         ]
+
+    ours = per_query(reasoning)
+    other = evaluate_bm25(ds, per_query=True)["per_query"] if against == "bm25" else per_query(against)
     qids = sorted(ours)
     a = np.array([ours[q]["ndcg@10"] for q in qids])
     b = np.array([other[q]["ndcg@10"] for q in qids])
