@@ -15,17 +15,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.conftest: the tiny model and the BEIR writer
-from tests.conftest import build_tiny_model, write_beir  # noqa: E402
+from tests.conftest import TINY_PROMPTS as PROMPTS, build_tiny_model, write_beir  # noqa: E402
 
 import searchr3  # noqa: E402
 from searchr3.pipeline import PipelineConfig, run_pipeline  # noqa: E402
-
-PROMPTS = {
-    "query_system": "Query.",
-    "document_system": "Passage.",
-    "reasoning_system": "Think.",
-    "direct_answer": "E <|embed_token|>",
-}
 
 
 def inputs(root: Path) -> Path:

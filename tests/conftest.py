@@ -25,6 +25,14 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Short prompts for the tiny model: its tokenizer spells the default system prompts out in ~200 tokens.
+TINY_PROMPTS = {
+    "query_system": "Query.",
+    "document_system": "Passage.",
+    "reasoning_system": "Think.",
+    "direct_answer": "E <|embed_token|>",
+}
+
 _CORPUS = [
     "the cat sat on the mat",
     "paris is the capital of france",

@@ -16,14 +16,7 @@ from searchr3.data.sources import Example
 from searchr3.losses import info_nce, kl_to_reference, lm_loss
 from searchr3.sft import SFTConfig, SFTError, SFTTrainer, build_data, default_training_folders, prepare_model, sliced_lm_kl
 from searchr3.traces import KeywordTracer, keyword_traces
-from tests.conftest import write_beir
-
-PROMPTS = {
-    "query_system": "Query.",
-    "document_system": "Passage.",
-    "reasoning_system": "Think.",
-    "direct_answer": "E <|embed_token|>",
-}
+from tests.conftest import TINY_PROMPTS as PROMPTS, write_beir
 
 
 def test_schedule_is_a_pure_function_of_the_seed_and_follows_the_weights():

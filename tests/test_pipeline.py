@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from searchr3.pipeline import Pipeline, PipelineConfig, run_pipeline
-from tests.conftest import write_beir
+from tests.conftest import TINY_PROMPTS as PROMPTS, write_beir
 
 TOPICS = [
     "cat mat",
@@ -20,12 +20,6 @@ TOPICS = [
     "rain clouds",
     "capital city",
 ]
-PROMPTS = {
-    "query_system": "Query.",
-    "document_system": "Passage.",
-    "reasoning_system": "Think.",
-    "direct_answer": "E <|embed_token|>",
-}
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from searchr3 import SearchR3
 from searchr3.plots import plot_curves
 from searchr3.sft import SFTConfig, SFTError, SFTTrainer, build_data, prepare_model, train_sft
-from tests.conftest import REPO, build_tiny_model, write_topic_beir
+from tests.conftest import REPO, TINY_PROMPTS as PROMPTS, build_tiny_model, write_topic_beir
 from tests.test_sources import write_beir
 
 TOPICS = [
@@ -46,15 +46,6 @@ def beir_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_sft") / "model")
-
-
-# Short prompts: the tiny tokenizer spells the default system prompts out in ~200 tokens.
-PROMPTS = {
-    "query_system": "Query.",
-    "document_system": "Passage.",
-    "reasoning_system": "Think.",
-    "direct_answer": "E <|embed_token|>",
-}
 
 
 def tiny_cfg(out: Path, model_dir: Path, beir_dir: Path, **kw) -> SFTConfig:
