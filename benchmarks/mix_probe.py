@@ -54,48 +54,21 @@ SETTINGS = {
 }
 
 
-def predictable_traces(m, pairs, documents, heads, candidates: int = 20, keep: int = 6) -> dict[str, list[int]]:
-    """{query: completion ids}: of each positive's top ``candidates`` tf-idf terms, the ``keep`` with the
-    highest log-probability (summed over the word's tokens) after the query's reasoning prompt, in tf-idf
-    order, as a keyword trace cut to the length budget, then the embedding token."""
-    import torch
-
-    from searchr3.grpo import sequence_logprobs
-    from searchr3.traces import KeywordTracer, keyword_lead, keyword_trace_ids
-
-    tracer = KeywordTracer(documents, candidates)
-    lead = keyword_lead(m)
-    lead_ids = m.tokenizer(lead, add_special_tokens=False)["input_ids"] if lead else []
-    out: dict[str, list[int]] = {}
-    for (query, positive), head in zip(pairs, heads):
-        if query in out:
-            continue
-        terms = tracer.terms(query, positive)
-        if terms:
-            words = [m.tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in terms]
-            with torch.no_grad():
-                logp, _, mask = sequence_logprobs(m, [head + lead_ids] * len(words), words)
-            score = (logp * mask).sum(1).tolist()
-            terms = [terms[i] for i in sorted(sorted(range(len(terms)), key=lambda i: -score[i])[:keep])]
-        out[query] = keyword_trace_ids(m, terms, m.prompts.max_reasoning_tokens)
-    return out
-
-
 def oracle_rollouts(m, ds, qids, texts, batch_size, best=None, predictable=False):
     """Each query embedded after the keyword trace of one passage: its best-judged one (the upper bound
     above), or the one named in ``best`` (pseudo-relevance feedback); ``predictable``: the trace of the
-    terms the model finds likely (:func:`predictable_traces`)."""
+    terms the model finds likely (:func:`searchr3.traces.predictable_keyword_traces`)."""
     import torch
 
     from searchr3.data.beir import doc_text
     from searchr3.model import Rollouts
-    from searchr3.traces import keyword_traces
+    from searchr3.traces import keyword_traces, predictable_keyword_traces
 
     best = best or [max(ds.qrels[q], key=lambda d: (ds.qrels[q][d], d)) for q in qids]
     pairs = [(t, doc_text(ds.corpus[d])) for t, d in zip(texts, best)]
     heads = m.prompt_ids(texts, "query", reasoning=True)
     if predictable:
-        traces = predictable_traces(m, pairs, map(doc_text, ds.corpus.values()), heads)
+        traces = predictable_keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
     else:
         traces = keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
     seqs = [h + traces[t] for h, t in zip(heads, texts)]

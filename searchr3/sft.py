@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The real training sets of ../shared/data/train (see its README), in this order when present.
+TRACE_SOURCES = ("keywords", "predictable", "self", "model")
 TRAIN_SETS = ("nq", "squad", "scifact", "medquad", "citint", "wikiqa")
 
 
@@ -100,7 +101,7 @@ class SFTConfig:
     eval_queries: int = 20  # queries of the first folder held out for periodic evaluation
     eval_docs: int = 200  # documents in the held-out evaluation corpus
     reasoning_share: float = 0.3  # share of training queries that also get a reasoning-trace example
-    traces: str = "keywords"  # reasoning traces: "keywords" (terms of the positive the query lacks), "self" (the model's own, kept when they help) or "model" (base model's, once)
+    traces: str = "keywords"  # reasoning traces: "keywords" (terms of the positive the query lacks), "predictable" (of those, the ones the model finds likely), "self" (the model's own, kept when they help) or "model" (base model's, once)
     trace_samples: int = 4  # traces="self": analyses sampled per reasoning query and step
     trace_temperature: float = 0.8  # traces="self": their sampling temperature
     trace_min_tokens: int = 4  # traces="self": sampled analyses write at least this many tokens before the token may end them (keeps exploring; at most reasoning_tokens)
@@ -173,13 +174,13 @@ class SFTConfig:
             raise ValueError("loss weights must be >= 0")
         if not self.data:
             raise ValueError("no training data folder given (and none found under ../shared/data/train)")
-        if self.traces not in ("keywords", "self", "model"):
-            raise ValueError(f"traces must be 'keywords', 'self' or 'model', got {self.traces!r}")
+        if self.traces not in TRACE_SOURCES:
+            raise ValueError(f"traces must be one of {', '.join(TRACE_SOURCES)}, got {self.traces!r}")
         if self.trace_embedding not in ("taught", "own"):
             raise ValueError(f"trace_embedding must be 'taught' or 'own', got {self.trace_embedding!r}")
         if self.trace_embedding == "own" and self.traces == "self":
             raise ValueError(
-                "trace_embedding='own' needs taught traces (keywords or model): traces='self' are the model's own already"
+                "trace_embedding='own' needs taught traces (keywords, predictable or model): traces='self' are the model's own already"
             )
         if self.trace_samples < 1 or not self.trace_temperature > 0:
             raise ValueError("trace_samples must be >= 1 and trace_temperature > 0")
@@ -283,6 +284,13 @@ def build_data(cfg: SFTConfig) -> TrainingData:
     return TrainingData(sources, probs.tolist(), held_q, held_docs, held_qrels)
 
 
+def training_schedule(data: TrainingData, seed: int):
+    """The seeded source mix that draws each step's examples (a pure function of the step, not of the model)."""
+    from .data.mix import MixSchedule
+
+    return MixSchedule([len(exs) for _, exs in data.sources], data.probabilities, seed)
+
+
 def data_digest(examples: Sequence[Example]) -> str:
     import hashlib
 
@@ -328,14 +336,27 @@ def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path, write: bool = 
         return dict.fromkeys(sorted(chosen))
     if cfg.traces == "model":
         return load_or_make_traces(m, sorted(chosen), run / "traces.jsonl", cfg.reasoning_tokens, cfg.show_progress)
-    from .traces import keyword_traces
+    from .traces import keyword_traces, predictable_keyword_traces
 
-    pairs = [(ex.query, ex.positive) for ex in data.examples if ex.query in chosen]
-    traces = keyword_traces(m, pairs, {ex.positive for ex in data.examples}, cfg.reasoning_tokens)
+    documents = {ex.positive for ex in data.examples}
+    if cfg.traces == "predictable":
+        # One prompt forward per query: only the queries the run's (seeded, model-independent) schedule
+        # will draw get a trace (~1,100 of ~8,000 for the full preset's 240 steps), the others are never read.
+        sched = training_schedule(data, cfg.seed)
+        drawn = {
+            data.sources[s][1][i].query
+            for t in range(cfg.max_steps + 1)
+            for s, i in sched.batch(t, cfg.batch_size * cfg.grad_accum)
+        }
+        pairs = [(ex.query, ex.positive) for ex in data.examples if ex.query in chosen and ex.query in drawn]
+        traces = predictable_keyword_traces(m, pairs, documents, cfg.reasoning_tokens, show_progress=cfg.show_progress)
+    else:
+        pairs = [(ex.query, ex.positive) for ex in data.examples if ex.query in chosen]
+        traces = keyword_traces(m, pairs, documents, cfg.reasoning_tokens)
     # Deterministic and cheap to rebuild; written for inspection (what the model is taught to write).
     rows = (
         json.dumps(
-            {"query": q, "trace": m.tokenizer.decode(ids[:-1]), "completion_ids": ids, "source": "keywords"}, ensure_ascii=False
+            {"query": q, "trace": m.tokenizer.decode(ids[:-1]), "completion_ids": ids, "source": cfg.traces}, ensure_ascii=False
         )
         for q, ids in sorted(traces.items())
     )
@@ -527,9 +548,8 @@ class SFTTrainer:
         sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps)
         self.opt, self.sched = self.dist.acc.prepare(opt, sched)
         self.step = 0
-        from .data.mix import MixSchedule
 
-        self.schedule = MixSchedule([len(exs) for _, exs in data.sources], data.probabilities, cfg.seed)
+        self.schedule = training_schedule(data, cfg.seed)
         from .prompts import PromptTemplate
 
         direct = m.template("query").tail
@@ -966,10 +986,10 @@ def train_sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     m = SearchR3.from_pretrained(cfg.model, prompts=cfg.prompts, bf16=cfg.bf16)
     from .traces import KEYWORD_PREFIX, KEYWORD_REPETITION_PENALTY
 
-    if cfg.traces in ("keywords", "self") and not m.prompts.reasoning_prefix:
+    if cfg.traces in ("keywords", "predictable", "self") and not m.prompts.reasoning_prefix:
         # The reasoning turn starts with the traces' fixed prefix (saved with the model's prompts).
         m.prompts = replace(m.prompts, reasoning_prefix=KEYWORD_PREFIX)
-    if cfg.traces == "keywords" and m.prompts.repetition_penalty == 1.0:
+    if cfg.traces in ("keywords", "predictable") and m.prompts.repetition_penalty == 1.0:
         # Greedy decoding of a term list loops ("cardiomyopathy, cardiomyopathy, ...") until the budget; the
         # penalty ends the list with the token (benchmarks/results/mix_probe_full10.json). A penalty other than
         # the default 1.0 in the prompts is kept as given.

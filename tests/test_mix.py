@@ -15,7 +15,7 @@ from searchr3.data.mix import MixSchedule, false_negative_mask, source_weights
 from searchr3.data.sources import Example
 from searchr3.losses import info_nce, kl_to_reference, lm_loss
 from searchr3.sft import SFTConfig, SFTError, SFTTrainer, build_data, default_training_folders, prepare_model, sliced_lm_kl
-from searchr3.traces import KeywordTracer, keyword_traces
+from searchr3.traces import KeywordTracer, keyword_traces, predictable_keyword_traces, term_logprobs
 from tests.conftest import TINY_PROMPTS as PROMPTS, write_beir
 
 
@@ -176,6 +176,39 @@ def test_keyword_traces_name_the_answer_terms_and_end_with_the_token(tiny):
     assert first[-1] == tiny.embed_token_id and 1 < len(first) <= 81
     assert tiny.tokenizer.decode(first[:-1]).startswith("Key terms:")
     assert traces["the the the"] == [tiny.embed_token_id]  # nothing to add: the empty trace
+
+
+def test_term_logprobs_equal_the_full_forward_of_each_candidate(tiny):
+    from searchr3.grpo import sequence_logprobs
+
+    head = tiny.prompt_ids(["what do mitochondria make"], "query", reasoning=True)[0]
+    words = [tiny.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in ["ATP", "oxidative phosphorylation", "a"]]
+    assert len({len(w) for w in words}) > 1  # candidates of different lengths share one padded batch
+    with torch.no_grad():
+        logp, _, mask = sequence_logprobs(tiny, [head] * len(words), words)
+    assert term_logprobs(tiny, head, words) == pytest.approx((logp * mask).sum(1).tolist(), abs=1e-4)
+    with pytest.raises(ValueError, match="at least one token"):
+        term_logprobs(tiny, head, [[]])
+
+
+def test_predictable_traces_keep_the_terms_the_model_finds_likely_in_tfidf_order(tiny):
+    docs = [
+        "Mitochondria produce ATP through oxidative phosphorylation, glycolysis and respiration in cells.",
+        "Paris is in France.",
+    ]
+    query = "what do mitochondria make"
+    terms = KeywordTracer(docs, max_terms=20).terms(query, docs[0])
+    head = (
+        tiny.prompt_ids([query], "query", reasoning=True)[0] + tiny.tokenizer("Key terms:", add_special_tokens=False)["input_ids"]
+    )
+    score = term_logprobs(tiny, head, [tiny.tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in terms])
+    likely = sorted(sorted(range(len(terms)), key=lambda i: -score[i])[:2])  # the two most likely, in tf-idf order
+    traces = predictable_keyword_traces(tiny, [(query, docs[0]), ("the the", "the the")], docs, max_tokens=80, keep=2)
+    assert len(terms) > 2  # so the model's choice matters
+    assert tiny.tokenizer.decode(traces[query][:-1]) == f"Key terms: {terms[likely[0]]}, {terms[likely[1]]}."
+    assert traces["the the"] == [tiny.embed_token_id]  # nothing to add: the empty trace
+    with pytest.raises(ValueError, match="keep"):
+        predictable_keyword_traces(tiny, [(query, docs[0])], docs, max_tokens=80, candidates=3, keep=4)
 
 
 def test_mix_mode_is_the_weighted_sum_of_direct_and_reasoning(tiny):

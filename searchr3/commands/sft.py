@@ -109,7 +109,7 @@ def sft(
     traces: str = typer.Option(
         "keywords",
         "--traces",
-        help="Reasoning traces: keywords (terms of the positive the query lacks), self (the model's own samples, kept when they beat the direct embedding, else the empty trace) or model (the base model's, once).",
+        help="Reasoning traces: keywords (terms of the positive the query lacks), predictable (of its top 20 such terms, the 6 the model finds most likely after the query: names it could learn to write), self (the model's own samples, kept when they beat the direct embedding, else the empty trace) or model (the base model's, once).",
     ),
     trace_samples: int = typer.Option(4, "--trace-samples", help="--traces self: analyses sampled per reasoning query and step."),
     trace_temperature: float = typer.Option(0.8, "--trace-temperature", help="--traces self: their sampling temperature."),
