@@ -1,12 +1,14 @@
 """Reasoning traces for stage 1: what the model learns to write before ``<|embed_token|>``.
 
-Two sources:
+Three sources (``SFTConfig.traces``; ``self``, the model's own samples kept when they help, is :class:`SelfTraces`):
 
 * ``keywords`` (default) — extractive hints without a teacher model: the terms of the positive
   passage that the query lacks, ranked by tf-idf over the training positives, written as
   ``Key terms: a, b, c.``. The model learns to name the vocabulary of the answer (not to restate
   the question) and to end with the token after a short, bounded trace, which is what teaches
   emission. Cheap: no generation.
+* ``predictable`` — the same trace, but of the positive's top-20 terms only the 6 the model itself finds most
+  likely after the query (:func:`predictable_keyword_traces`): words it could learn to write, not rare names.
 * ``model`` — the base model's own greedy completion of the reasoning prompt, cut at the length
   limit (:func:`searchr3.sft.load_or_make_traces`); slow, and at 135M often a repetition of the query.
 
