@@ -58,8 +58,6 @@ def oracle_rollouts(m, ds, qids, texts, batch_size, best=None, predictable=False
     """Each query embedded after the keyword trace of one passage: its best-judged one (the upper bound
     above), or the one named in ``best`` (pseudo-relevance feedback); ``predictable``: the trace of the
     terms the model finds likely (:func:`searchr3.traces.predictable_keyword_traces`)."""
-    import torch
-
     from searchr3.data.beir import doc_text
     from searchr3.model import Rollouts
     from searchr3.traces import keyword_traces, predictable_keyword_traces
@@ -71,8 +69,7 @@ def oracle_rollouts(m, ds, qids, texts, batch_size, best=None, predictable=False
         traces = predictable_keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
     else:
         traces = keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
-    seqs = [h + traces[t] for h, t in zip(heads, texts)]
-    emb = torch.nn.functional.normalize(m._encode_ids(seqs, batch_size, False, "oracle traces"), dim=-1)
+    emb = m.encode_after_trace(texts, [traces[t] for t in texts], batch_size=batch_size, convert_to_tensor=True)
     comps = [traces[t] for t in texts]
     return Rollouts(emb, [m.tokenizer.decode(c[:-1]) for c in comps], heads, comps, [True] * len(texts))
 

@@ -61,8 +61,7 @@ def main() -> None:
 
             rows[f"{reader} reads none (off)"] = ndcg(direct)
             for writer, ro in traces.items():
-                seqs = [p + c for p, c in zip(ro.prompt_ids, ro.completion_ids)]
-                emb = torch.nn.functional.normalize(m._encode_ids(seqs, args.batch_size, False, "read traces"), dim=-1)
+                emb = m.encode_after_trace(texts, ro.completion_ids, batch_size=args.batch_size, convert_to_tensor=True)
                 rows[f"{reader} reads {writer} (on)"] = ndcg(emb)
                 rows[f"{reader} reads {writer} (mix)"] = ndcg(mix_embeddings(direct, emb, MIX_WEIGHT))
             print(Path(folder).name, {k: round(v, 4) for k, v in rows.items()}, flush=True)

@@ -31,7 +31,7 @@ from transformers import DynamicCache
 
 from .backbone import FORMAT_VERSION, SEARCHR3_CONFIG, ModelLoadError, load_backbone, model_source
 from .io import atomic_directory, atomic_write_json
-from .prompts import Kind, PromptConfig, PromptTemplate
+from .prompts import EMBED_TOKEN, Kind, PromptConfig, PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +508,35 @@ class SearchR3:
           sampled at ``temperature``).
         """
         return self.encode(texts, kind="query", reasoning=reasoning, **kwargs)
+
+    def encode_after_trace(
+        self,
+        texts: Sequence[str],
+        traces: Sequence[str | Sequence[int]],
+        *,
+        batch_size: int = 16,
+        show_progress_bar: bool = False,
+        convert_to_tensor: bool = False,
+    ):
+        """Normalised embeddings of queries read after given traces, without generating: each query's
+        reasoning prompt, its trace (text, or completion token ids as :meth:`reason` returns them) and
+        ``<|embed_token|>`` (appended unless the ids already end with it). What reasoning-on would give if
+        the model had written that trace: for probes of which traces help, and for reading one model's
+        traces with another."""
+        items, _ = _as_list(texts)
+        _check_batch_size(batch_size)
+        if len(traces) != len(items):
+            raise ValueError(f"{len(items)} queries but {len(traces)} traces")
+        tok = self.embed_token_id
+        comps = []
+        for i, t in enumerate(traces):
+            ids = self.tokenizer(t, add_special_tokens=False)["input_ids"] if isinstance(t, str) else [int(x) for x in t]
+            if tok in ids[:-1]:
+                raise ValueError(f"traces[{i}] has {EMBED_TOKEN} before its end")
+            comps.append(ids if ids[-1:] == [tok] else ids + [tok])
+        seqs = [head + c for head, c in zip(self.prompt_ids(items, "query", reasoning=True), comps)]
+        emb = torch.nn.functional.normalize(self._encode_ids(seqs, batch_size, show_progress_bar, "encode after traces"), dim=-1)
+        return emb if convert_to_tensor else emb.numpy()
 
     def encode_query_with_stats(
         self,

@@ -211,6 +211,21 @@ def test_predictable_traces_keep_the_terms_the_model_finds_likely_in_tfidf_order
         predictable_keyword_traces(tiny, [(query, docs[0])], docs, max_tokens=80, candidates=3, keep=4)
 
 
+def test_encode_after_trace_reads_what_reasoning_reads(tiny):
+    qs = ["paris france", "heart blood"]
+    ro = tiny.reason(qs, max_new_tokens=4)
+    after = tiny.encode_after_trace(qs, ro.completion_ids, convert_to_tensor=True)
+    assert torch.allclose(after, F.normalize(ro.embeddings.float(), dim=-1), atol=1e-5)  # the embedding reasoning gives
+    text = tiny.encode_after_trace(qs, ["Key terms: capital.", "Key terms: heart."])
+    ids = [tiny.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["Key terms: capital.", "Key terms: heart."]]
+    assert np.allclose(text, tiny.encode_after_trace(qs, [i + [tiny.embed_token_id] for i in ids]), atol=1e-6)
+    assert not np.allclose(text[0], tiny.encode_after_trace(qs[:1], ["Key terms: mitochondria."])[0], atol=1e-4)
+    with pytest.raises(ValueError, match="2 queries but 1 traces"):
+        tiny.encode_after_trace(qs, ["x"])
+    with pytest.raises(ValueError, match="before its end"):
+        tiny.encode_after_trace(qs[:1], [[tiny.embed_token_id, 5]])
+
+
 def test_mix_mode_is_the_weighted_sum_of_direct_and_reasoning(tiny):
     qs = ["paris france", "heart blood"]
     direct = tiny.encode_query(qs, convert_to_tensor=True)
