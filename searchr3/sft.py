@@ -54,8 +54,8 @@ from .runs import RunError, RunFolder, dataclass_defaults, read_rows
 log = logging.getLogger(__name__)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRACE_SOURCES = ("keywords", "predictable", "self", "model")  # SFTConfig.traces (see searchr3.traces)
 # The real training sets of ../shared/data/train (see its README), in this order when present.
-TRACE_SOURCES = ("keywords", "predictable", "self", "model")
 TRAIN_SETS = ("nq", "squad", "scifact", "medquad", "citint", "wikiqa")
 
 

@@ -255,8 +255,6 @@ def term_logprobs(model, head: Sequence[int], words: Sequence[Sequence[int]]) ->
     The head runs once and its keys and values are shared by every candidate, which then runs only its
     own few tokens (one batched forward): ~20 candidates cost about one prompt's forward instead of 20
     (``grpo.sequence_logprobs`` would run the whole prompt once per candidate)."""
-    import copy
-
     import torch
 
     if not words or any(not w for w in words):
@@ -276,7 +274,7 @@ def term_logprobs(model, head: Sequence[int], words: Sequence[Sequence[int]]) ->
                     ids[i, : len(w)] = torch.tensor(w)
             # Only the first len(w) - 1 inputs after a word's first token predict its own tokens; the
             # right padding after them is never read (causal attention), so no mask is needed.
-            past = copy.deepcopy(out.past_key_values)
+            past = out.past_key_values  # not read again: repeated in place, one copy per candidate
             past.batch_repeat_interleave(len(words))
             positions = torch.arange(n, n + width, device=dev).expand(len(words), width)
             h = decoder(input_ids=ids.to(dev), position_ids=positions, past_key_values=past, use_cache=True).last_hidden_state
@@ -301,7 +299,9 @@ def predictable_keyword_traces(
 
     Why: the plain keyword target teaches rare names a small model cannot know ("Boulette, Cloer"); of the
     oracle keyword trace's gain over the direct embedding, the trace of the terms the model finds likely
-    keeps 84 % / 77 % (msmarco-mini / wikiqa-dev, benchmarks/results/mix_probe_full16.json)."""
+    keeps 84 % / 77 % (msmarco-mini / wikiqa-dev, benchmarks/results/mix_probe_full16.json). Measured as a
+    stage-1 target (the full preset, README "Stage 1 on predictable keyword traces"): the model imitates it, but
+    on unseen queries its traces add nothing and every query mode is lower than with ``keywords``."""
     from tqdm.auto import tqdm
 
     if not 1 <= keep <= candidates:
