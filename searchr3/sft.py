@@ -216,6 +216,16 @@ class TrainingData:
     def examples(self) -> list[Example]:
         return [ex for _, exs in self.sources for ex in exs]
 
+    def schedule(self, seed: int):
+        """The seeded source mix that draws each step's examples (a pure function of the step, not of the model)."""
+        from .data.mix import MixSchedule
+
+        return MixSchedule([len(exs) for _, exs in self.sources], self.probabilities, seed)
+
+    def drawn(self, schedule, step: int, n: int) -> list[Example]:
+        """The ``n`` examples ``schedule`` draws at optimizer step ``step``."""
+        return [self.sources[s][1][i] for s, i in schedule.batch(step, n)]
+
 
 def build_data(cfg: SFTConfig) -> TrainingData:
     """One source per training folder (its qrels pairs, plus inverse-cloze pairs of its corpus if asked,
@@ -284,13 +294,6 @@ def build_data(cfg: SFTConfig) -> TrainingData:
     return TrainingData(sources, probs.tolist(), held_q, held_docs, held_qrels)
 
 
-def training_schedule(data: TrainingData, seed: int):
-    """The seeded source mix that draws each step's examples (a pure function of the step, not of the model)."""
-    from .data.mix import MixSchedule
-
-    return MixSchedule([len(exs) for _, exs in data.sources], data.probabilities, seed)
-
-
 def data_digest(examples: Sequence[Example]) -> str:
     import hashlib
 
@@ -341,17 +344,13 @@ def make_traces(m, cfg: SFTConfig, data: TrainingData, run: Path, write: bool = 
     documents = {ex.positive for ex in data.examples}
     if cfg.traces == "predictable":
         # One prompt forward per query: only the queries the run's (seeded, model-independent) schedule
-        # will draw get a trace (~1,100 of ~8,000 for the full preset's 240 steps), the others are never read.
-        sched = training_schedule(data, cfg.seed)
-        drawn = {
-            data.sources[s][1][i].query
-            for t in range(cfg.max_steps + 1)
-            for s, i in sched.batch(t, cfg.batch_size * cfg.grad_accum)
-        }
-        pairs = [(ex.query, ex.positive) for ex in data.examples if ex.query in chosen and ex.query in drawn]
+        # will draw in its max_steps steps get a trace (~1,100 of ~8,000 for the full preset), the others are never read.
+        sched, n = data.schedule(cfg.seed), cfg.batch_size * cfg.grad_accum
+        chosen &= {ex.query for t in range(cfg.max_steps) for ex in data.drawn(sched, t, n)}
+    pairs = [(ex.query, ex.positive) for ex in data.examples if ex.query in chosen]
+    if cfg.traces == "predictable":
         traces = predictable_keyword_traces(m, pairs, documents, cfg.reasoning_tokens, show_progress=cfg.show_progress)
     else:
-        pairs = [(ex.query, ex.positive) for ex in data.examples if ex.query in chosen]
         traces = keyword_traces(m, pairs, documents, cfg.reasoning_tokens)
     # Deterministic and cheap to rebuild; written for inspection (what the model is taught to write).
     rows = (
@@ -549,7 +548,7 @@ class SFTTrainer:
         self.opt, self.sched = self.dist.acc.prepare(opt, sched)
         self.step = 0
 
-        self.schedule = training_schedule(data, cfg.seed)
+        self.schedule = data.schedule(cfg.seed)
         from .prompts import PromptTemplate
 
         direct = m.template("query").tail
@@ -830,8 +829,7 @@ class SFTTrainer:
 
     def batch(self, step: int) -> list[Example]:
         """The examples of optimizer step ``step`` (all micro-batches): a pure function of the step."""
-        pairs = self.schedule.batch(step, self.cfg.batch_size * self.cfg.grad_accum)
-        return [self.data.sources[s][1][i] for s, i in pairs]
+        return self.data.drawn(self.schedule, step, self.cfg.batch_size * self.cfg.grad_accum)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step: ``grad_accum`` micro-batches of ``batch_size`` examples (global sizes; each

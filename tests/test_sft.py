@@ -420,15 +420,16 @@ def test_self_traces_score_the_mix_when_asked(tiny, tmp_path):
 
 
 def test_predictable_traces_cover_exactly_the_queries_the_schedule_draws(tmp_path, model_dir, beir_dir):
-    from searchr3.sft import make_traces, training_schedule
+    from searchr3.data.mix import MixSchedule
+    from searchr3.sft import make_traces
 
     cfg = tiny_cfg(tmp_path / "run", model_dir, beir_dir, traces="predictable", reasoning_share=1.0, max_steps=1, batch_size=2)
     data = build_data(cfg)
     m = SearchR3.from_pretrained(model_dir, prompts=PROMPTS, bf16=False)
     (tmp_path / "run").mkdir()
     traces = make_traces(m, cfg, data, tmp_path / "run")
-    sched = training_schedule(data, cfg.seed)
-    drawn = {data.sources[s][1][i].query for t in range(cfg.max_steps + 1) for s, i in sched.batch(t, cfg.batch_size)}
+    sched = MixSchedule([len(exs) for _, exs in data.sources], data.probabilities, cfg.seed)  # as the trainer draws
+    drawn = {data.sources[s][1][i].query for t in range(cfg.max_steps) for s, i in sched.batch(t, cfg.batch_size)}
     assert set(traces) == drawn, set(traces) ^ drawn
     assert len(drawn) < len({ex.query for ex in data.examples})  # only what the run will read
     rows = [json.loads(r) for r in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
