@@ -65,12 +65,10 @@ def oracle_rollouts(m, ds, qids, texts, batch_size, best=None, predictable=False
     best = best or [max(ds.qrels[q], key=lambda d: (ds.qrels[q][d], d)) for q in qids]
     pairs = [(t, doc_text(ds.corpus[d])) for t, d in zip(texts, best)]
     heads = m.prompt_ids(texts, "query", reasoning=True)
-    if predictable:
-        traces = predictable_keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
-    else:
-        traces = keyword_traces(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
-    emb = m.encode_after_trace(texts, [traces[t] for t in texts], batch_size=batch_size, convert_to_tensor=True)
+    make = predictable_keyword_traces if predictable else keyword_traces
+    traces = make(m, pairs, map(doc_text, ds.corpus.values()), m.prompts.max_reasoning_tokens)
     comps = [traces[t] for t in texts]
+    emb = m.encode_after_trace(texts, comps, batch_size=batch_size, convert_to_tensor=True)
     return Rollouts(emb, [m.tokenizer.decode(c[:-1]) for c in comps], heads, comps, [True] * len(texts))
 
 
