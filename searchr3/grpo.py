@@ -85,7 +85,9 @@ class GRPOConfig:
     # never change, so they are kept (searchr3.trunk) and a refresh runs only those N layers
     lora_layers: int = 12
     max_grad_norm: float = 1.0
-    # the loss: clipped surrogate + kl_coef * k3 KL + nce_coef * InfoNCE(tau = nce_temperature)
+    # the loss: pg_coef * clipped surrogate + kl_coef * k3 KL + nce_coef * InfoNCE(tau = nce_temperature);
+    # pg_coef 0 is the ablation "no reward": the rollouts only train the embedding read after them (the contrastive term)
+    pg_coef: float = 1.0
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     nce_coef: float = 0.5
@@ -118,8 +120,8 @@ class GRPOConfig:
             raise ValueError("need max_new_tokens >= 1, sampling_temperature > 0 and 0 < top_p <= 1")
         if self.lr_schedule not in ("linear", "constant"):
             raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
-        if self.lr <= 0 or self.clip_eps <= 0 or self.kl_coef < 0 or self.nce_coef < 0 or self.nce_temperature <= 0:
-            raise ValueError("need lr > 0, clip_eps > 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
+        if self.lr <= 0 or self.clip_eps <= 0 or min(self.pg_coef, self.kl_coef, self.nce_coef) < 0 or self.nce_temperature <= 0:
+            raise ValueError("need lr > 0, clip_eps > 0, pg_coef >= 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
         if self.nce_negatives not in ("all", "fresh"):
             raise ValueError(f"nce_negatives must be 'all' or 'fresh', got {self.nce_negatives!r}")
         if self.reward not in ("gain", "mix", "ndcg"):
@@ -226,8 +228,9 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
     return logp, emb, mask
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps: float, kl_coef: float):
-    """Clipped surrogate + k3 KL, averaged per sequence then over sequences; returns (loss, pg, kl)."""
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps: float, kl_coef: float, pg_coef: float = 1.0):
+    """``pg_coef`` * clipped surrogate + ``kl_coef`` * k3 KL, averaged per sequence then over sequences; returns
+    (loss, pg, kl) with pg and kl unweighted."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     pg = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
@@ -236,7 +239,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps: float, kl_co
     m = mask.float()
     denom = m.sum(1).clamp(min=1)
     pg_seq, kl_seq = (pg * m).sum(1) / denom, (kl * m).sum(1) / denom
-    return (pg_seq + kl_coef * kl_seq).mean(), pg_seq.mean(), kl_seq.mean()
+    return (pg_coef * pg_seq + kl_coef * kl_seq).mean(), pg_seq.mean(), kl_seq.mean()
 
 
 # ---------------------------------------------------------------------- trainer
@@ -444,7 +447,7 @@ class GRPOTrainer:
                 mask[i, len(comp[i]) - 1] = False
         with torch.no_grad(), m.model.disable_adapter():
             ref_logp, _, _ = sequence_logprobs(m, ro.prompt_ids, comp)
-        loss, pg, kl = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, cfg.clip_eps, cfg.kl_coef)
+        loss, pg, kl = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, cfg.clip_eps, cfg.kl_coef, cfg.pg_coef)
         # Candidates of the whole step (as one process sees them); this rank's rows are its rollouts.
         candidates = {d for c in res.candidates for d in c}
         if cfg.nce_negatives == "fresh":

@@ -54,6 +54,13 @@ def test_grpo_loss_gradient_and_clipping():
     # ratio 1, no KL: d loss / d logp = -A / tokens / batch on unmasked tokens
     assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.25], [1.0, 0.0]]))
     assert kl.item() == 0.0 and pg.item() == pytest.approx(0.5)
+    # pg_coef scales the surrogate's gradient (0: the ablation without the reward); pg is reported unweighted
+    for coef in (0.0, 0.5):
+        lp = logp.detach().clone().requires_grad_(True)
+        loss, pg, _ = grpo_loss(lp, lp.detach(), lp.detach(), adv, mask, 0.2, 0.1, pg_coef=coef)
+        loss.backward()
+        assert torch.allclose(lp.grad, coef * torch.tensor([[-0.25, -0.25], [1.0, 0.0]]))
+        assert pg.item() == pytest.approx(0.5)
     # a positive advantage whose ratio is already above 1 + eps gets no gradient
     new = torch.tensor([[0.0]], requires_grad=True)
     loss, _, _ = grpo_loss(new, torch.tensor([[-1.0]]), new.detach(), torch.tensor([1.0]), torch.tensor([[True]]), 0.2, 0.0)
@@ -235,6 +242,8 @@ def test_config_rejects_bad_values():
         GRPOConfig(sampling_temperature=0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         GRPOConfig(steps=0)
+    with pytest.raises(ValueError, match="pg_coef >= 0"):
+        GRPOConfig(pg_coef=-1)
     with pytest.raises(ValueError, match="lr_schedule"):
         GRPOConfig(lr_schedule="cosine")
     with pytest.raises(ValueError, match="lora_layers must be >= 0"):
