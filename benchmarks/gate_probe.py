@@ -7,7 +7,8 @@ the direct and the reasoning embedding (how far the trace moves the query), the 
 score and its margins over ranks 2 and 10 (how sure direct retrieval is), and the overlap of the two
 top-10 lists. Reported per set: Spearman correlation of each signal with the mix's per-query gain over
 reasoning off, and the gain of a gate that mixes only the half of the queries on one side of the
-signal's median (the other half keeps the direct embedding), for both sides.
+signal's median (the other half keeps the direct embedding), for both sides; and the bound of every gate, the
+mix on exactly the queries where it helps (judged, so not a query mode).
 
 A signal worth a query mode must point the same way on both sets; one that does on one set only is noise
 from 43 queries or a property of that set.
@@ -131,6 +132,8 @@ def main() -> None:
         summary: dict = {"ndcg@10": {k: float(v.mean()) for k, v in rows.items()}, "signals": {}}
         for w in weights:
             gain = rows[f"mix{w}"] - off
+            # the bound of any gate: the mix exactly where it helps, direct elsewhere
+            summary.setdefault("gate_oracle", {})[str(w)] = float(np.maximum(gain, 0).mean())
             for s in SIGNALS:
                 x = sig[s]
                 hi = x > np.median(x)
@@ -154,6 +157,7 @@ def main() -> None:
         }
         atomic_write_json(args.out, out)
         print(name, {k: round(v, 4) for k, v in summary["ndcg@10"].items()}, flush=True)
+        print("  perfect gate:", {w: round(v, 4) for w, v in summary["gate_oracle"].items()})
         for s in SIGNALS:
             v = summary["signals"][s]["0.6"]
             print(f"  {s:22s} rho {v['spearman_gain']:+.3f}  gate_high {v['gate_high']:+.4f}  gate_low {v['gate_low']:+.4f}")
