@@ -14,6 +14,7 @@ from pathlib import Path
 
 from searchr3.io import atomic_write_json
 from searchr3.plots import read_log
+from searchr3.runs import differing_settings
 
 
 def settings(run: Path) -> dict:
@@ -29,9 +30,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     configs = {r: settings(r) for r in args.runs}
-    differ = sorted(
-        k for k in set().union(*configs.values()) if k != "out" and len({json.dumps(c.get(k)) for c in configs.values()}) > 1
-    )
+    differ = differing_settings(configs.values())
     table = []
     for run in args.runs:
         log = read_log(run / "log.jsonl")

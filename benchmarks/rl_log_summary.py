@@ -15,7 +15,7 @@ from pathlib import Path
 from searchr3.grpo import GRPOConfig
 from searchr3.io import atomic_write_json
 from searchr3.plots import read_log
-from searchr3.runs import dataclass_defaults
+from searchr3.runs import dataclass_defaults, differing_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("reward", "nce", "kl", "completion_tokens")
@@ -28,14 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     defaults = dataclass_defaults(GRPOConfig)  # of this version: older runs' config.json lack the newer fields
     configs = {r: {**defaults, **json.loads((r / "config.json").read_text())["config"]} for r in args.runs}
-    varying = sorted(
-        {
-            k
-            for c in configs.values()
-            for k in c
-            if k not in {"out", "init"} and len({json.dumps(x.get(k)) for x in configs.values()}) > 1
-        }
-    )
+    varying = differing_settings(configs.values(), ignore=("out", "init"))
     out = {"varying": varying, "runs": {}}
     for run, cfg in configs.items():
         rows = [r for r in read_log(run / "log.jsonl") if "reward" in r]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from searchr3.io import atomic_write_json
 from searchr3.plots import read_log
+from searchr3.runs import differing_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,14 +26,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sft_sweep.json")
     args = ap.parse_args()
     configs = {r: json.loads((r / "config.json").read_text())["config"] for r in args.runs}
-    varying = sorted(
-        {
-            k
-            for c in configs.values()
-            for k in c
-            if k not in {"out", "eval_every"} and len({json.dumps(x.get(k)) for x in configs.values()}) > 1
-        }
-    )
+    varying = differing_settings(configs.values(), ignore=("out", "eval_every"))
     rows = []
     for run, cfg in configs.items():
         evals = [r for r in read_log(run / "log.jsonl") if "eval_ndcg@10" in r]

@@ -84,6 +84,14 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def differing_settings(configs: Iterable[Mapping[str, Any]], ignore: Iterable[str] = ("out",)) -> list[str]:
+    """The settings whose values are not the same in all of ``configs`` (run folders' ``config``), sorted; a
+    setting one config lacks counts as ``None`` there. For tables of an ablation's runs (``benchmarks/``)."""
+    configs, ignore = list(configs), set(ignore)
+    keys = set().union(*configs) - ignore
+    return sorted(k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+
+
 def dataclass_defaults(cls) -> dict[str, Any]:
     """``{field: default}`` of a config dataclass (default factories called): ``RunFolder``'s ``defaults``."""
     import dataclasses

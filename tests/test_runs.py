@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from searchr3.runs import RunError, RunFolder, holds_run, read_rows
+from searchr3.runs import RunError, RunFolder, differing_settings, holds_run, read_rows
 
 
 def folder(path, **config) -> RunFolder:
@@ -109,3 +109,12 @@ def test_a_setting_added_since_resumes_at_its_default(tmp_path):
         RunFolder(run, "RL", other, defaults=defaults).open(resume=True)
     with pytest.raises(RunError, match="reward"):
         RunFolder(run, "RL", {**new, "reward": "ndcg"}, defaults=defaults).open(resume=True)
+
+
+def test_differing_settings():
+    a = {"out": "runs/a", "lr": 1e-4, "data": ["x"], "env": {"refresh": "lazy"}}
+    b = {"out": "runs/b", "lr": 2e-4, "data": ["x"], "env": {"refresh": "lazy"}, "pg_coef": 0.0}
+    assert differing_settings([a, b]) == ["lr", "pg_coef"]  # a setting one lacks differs; "out" is ignored
+    assert differing_settings([a, b], ignore=("out", "lr")) == ["pg_coef"]
+    assert differing_settings([a, dict(a, out="runs/c")]) == []
+    assert differing_settings([a, dict(a, out="runs/c", env={"refresh": "full"})], ignore=()) == ["env", "out"]
