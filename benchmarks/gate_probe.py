@@ -57,23 +57,18 @@ def main() -> None:
 
     import torch
 
+    from benchmarks.devsets import dev_folders, judged_set
     from searchr3 import SearchR3
-    from searchr3.data.beir import load_beir
-    from searchr3.evaluation import compute_metrics, encode_corpus
+    from searchr3.evaluation import compute_metrics
     from searchr3.grpo import sequence_logprobs
     from searchr3.io import atomic_write_json
     from searchr3.model import mix_embeddings
-    from searchr3.retrieval import default_corpus_cache, dense_retrieve, exact_top_k
+    from searchr3.retrieval import dense_retrieve, exact_top_k
 
     m = SearchR3.from_pretrained(args.model)
-    folders = args.data or [str(ROOT.parent / "shared" / "data" / n) for n in ("msmarco-mini", "wikiqa-dev")]
     out: dict = {"model": args.model, "weights": weights, "signals": list(SIGNALS), "sets": {}}
-    for folder in folders:
-        ds = load_beir(folder, "test")
-        name = Path(folder).name
-        corpus = encode_corpus(m, ds.corpus, batch_size=args.batch_size, show_progress_bar=True, cache_dir=default_corpus_cache())
-        qids = ds.judged_query_ids()
-        texts = [ds.queries[q] for q in qids]
+    for folder in dev_folders(args.data):
+        name, ds, corpus, qids, texts = judged_set(m, folder, args.batch_size)
         direct = torch.from_numpy(m.encode_query(texts, batch_size=args.batch_size))
         ro = m.reason(texts, batch_size=args.batch_size)
         reasoned = ro.embeddings
@@ -82,38 +77,38 @@ def main() -> None:
             r = compute_metrics(ds.qrels, run, per_query=True)["per_query"]
             return np.array([r[k]["ndcg@10"] for k in qids])
 
-        def per_query(q: torch.Tensor) -> np.ndarray:
-            return ndcg(dense_retrieve(q.numpy(), corpus.embeddings, corpus.doc_ids, qids, 100))
+        def retrieve(q: torch.Tensor) -> dict:
+            return dense_retrieve(q.numpy(), corpus.embeddings, corpus.doc_ids, qids, 100)
+
+        run_off, run_on = retrieve(direct), retrieve(reasoned)
 
         def rrf(w: float, k: int = 60) -> np.ndarray:
             """Reciprocal-rank fusion of the two top-100 lists, ``w`` on the direct one's."""
-            a = dense_retrieve(direct.numpy(), corpus.embeddings, corpus.doc_ids, qids, 100)
-            b = dense_retrieve(reasoned.numpy(), corpus.embeddings, corpus.doc_ids, qids, 100)
             run = {}
             for q in qids:
                 fused: dict = {}
-                for weight, lst in ((w, a[q]), (1 - w, b[q])):
+                for weight, lst in ((w, run_off[q]), (1 - w, run_on[q])):
                     for rank, d in enumerate(sorted(lst, key=lst.get, reverse=True)):
                         fused[d] = fused.get(d, 0.0) + weight / (k + rank + 1)
                 run[q] = fused
             return ndcg(run)
 
-        off = per_query(direct)
-        rows = {"off": off, "on": per_query(reasoned)}
+        off = ndcg(run_off)
+        rows = {"off": off, "on": ndcg(run_on)}
         for w in weights:
-            rows[f"mix{w}"] = per_query(mix_embeddings(direct, reasoned, w))
+            rows[f"mix{w}"] = ndcg(retrieve(mix_embeddings(direct, reasoned, w)))
             rows[f"rrf{w}"] = rrf(w)
 
-        # the trace's confidence: log-probabilities of the written tokens (the embedding token excluded)
+        # the trace's confidence: log-probabilities of the written tokens (the embedding token, emitted or
+        # appended at the limit, excluded; an empty trace keeps the token's own)
         logp_mean, logp_min = [], []
         with torch.no_grad():
             for i in range(0, len(qids), args.batch_size):
                 heads = ro.prompt_ids[i : i + args.batch_size]
                 comps = ro.completion_ids[i : i + args.batch_size]
-                lp, _, mask = sequence_logprobs(m, heads, comps)
+                lp, _, _ = sequence_logprobs(m, heads, comps)
                 for j, c in enumerate(comps):
-                    n = max(len(c) - 1, 1) if ro.emitted[i + j] else len(c)
-                    v = lp[j, :n].float().cpu().numpy()
+                    v = lp[j, : max(len(c) - 1, 1)].float().cpu().numpy()
                     logp_mean.append(float(v.mean()))
                     logp_min.append(float(v.min()))
         d_unit = torch.nn.functional.normalize(direct.float(), dim=-1)

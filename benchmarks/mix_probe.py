@@ -88,22 +88,17 @@ def main() -> None:
 
     import torch
 
+    from benchmarks.devsets import dev_folders, judged_set
     from searchr3 import SearchR3
-    from searchr3.data.beir import load_beir
-    from searchr3.evaluation import compute_metrics, encode_corpus
+    from searchr3.evaluation import compute_metrics
     from searchr3.io import atomic_write_json
     from searchr3.model import Rollouts, mix_embeddings
-    from searchr3.retrieval import default_corpus_cache, dense_retrieve, exact_top_k
+    from searchr3.retrieval import dense_retrieve, exact_top_k
 
     m = SearchR3.from_pretrained(args.model)
-    folders = args.data or [str(ROOT.parent / "shared" / "data" / n) for n in ("msmarco-mini", "wikiqa-dev")]
     out: dict = {"model": args.model, "settings": {n: SETTINGS[n] for n in names}, "weights": weights, "sets": {}}
-    for folder in folders:
-        ds = load_beir(folder, "test")
-        name = Path(folder).name
-        corpus = encode_corpus(m, ds.corpus, batch_size=args.batch_size, show_progress_bar=True, cache_dir=default_corpus_cache())
-        qids = ds.judged_query_ids()
-        texts = [ds.queries[q] for q in qids]
+    for folder in dev_folders(args.data):
+        name, ds, corpus, qids, texts = judged_set(m, folder, args.batch_size)
         t0 = time.perf_counter()
         direct = torch.from_numpy(m.encode_query(texts, batch_size=args.batch_size))
         direct_s = (time.perf_counter() - t0) / len(qids)

@@ -31,6 +31,7 @@ def main() -> None:
 
     import torch
 
+    from benchmarks.devsets import dev_folders
     from searchr3 import SearchR3
     from searchr3.data.beir import load_beir
     from searchr3.evaluation import compute_metrics, encode_corpus
@@ -41,7 +42,7 @@ def main() -> None:
     models = {"A": SearchR3.from_pretrained(args.model_a), "B": SearchR3.from_pretrained(args.model_b)}
     if models["A"].tokenizer.get_vocab() != models["B"].tokenizer.get_vocab():
         ap.error("the two models do not share a tokenizer: one cannot read the other's token ids")
-    folders = args.data or [str(ROOT.parent / "shared" / "data" / n) for n in ("msmarco-mini", "wikiqa-dev")]
+    folders = dev_folders(args.data)
     out: dict = {"A": args.model_a, "B": args.model_b, "mix_weight": MIX_WEIGHT, "sets": {}}
     for folder in folders:
         ds = load_beir(folder, "test")
