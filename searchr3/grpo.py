@@ -57,7 +57,9 @@ class GRPOConfig:
     # the run
     out: str = "runs/rl-default"
     init: str | None = None  # SFT checkpoint (None = the built-in base model)
-    data: str = "../shared/data/scifact-2k"  # BEIR folder: training queries + qrels + corpus
+    # BEIR folder(s): training queries + qrels + corpus. Several folders make one environment: their corpora
+    # side by side (ids prefixed with the folder's name), each query ranked against all of them
+    data: str | list[str] = "../shared/data/scifact-2k"
     split: str = "train"
     steps: int = 10
     # rollouts: G per query, sampled
@@ -97,7 +99,10 @@ class GRPOConfig:
     nce_negatives: str = "all"
     # the corpus in the environment
     doc_max_length: int = 256  # documents are encoded at this length
-    corpus_limit: int = 0  # keep only the first N documents plus every judged one (0 = all)
+    corpus_limit: int = 0  # keep only the first N documents plus every judged one (0 = all); per folder
+    # > 0: per folder, the first N judged queries only, with corpus_limit documents in all: theirs first
+    # (BeirDataset.subset), so several training folders make an environment of a chosen size (0 = every query)
+    max_queries: int = 0
     encode_batch_size: int = 16
     # bookkeeping
     save_every: int = 5
@@ -128,26 +133,48 @@ class GRPOConfig:
             raise ValueError(f"reward must be 'gain', 'mix' or 'ndcg', got {self.reward!r}")
         if not 0.0 <= self.mix_weight < 1.0 or not 0.0 <= self.hard_below <= 1.0:
             raise ValueError("need 0 <= mix_weight < 1 and 0 <= hard_below <= 1")
-        if self.doc_max_length < 16 or self.corpus_limit < 0:
-            raise ValueError("need doc_max_length >= 16 and corpus_limit >= 0")
+        if self.doc_max_length < 16 or self.corpus_limit < 0 or self.max_queries < 0:
+            raise ValueError("need doc_max_length >= 16, corpus_limit >= 0 and max_queries >= 0")
+        if isinstance(self.data, (list, tuple)):
+            self.data = [str(d) for d in self.data]
+            if not self.data:
+                raise ValueError("data: no training folder given")
+            if len({Path(d).name for d in self.data}) < len(self.data):
+                raise ValueError(f"data: two training folders share a name (it prefixes their ids): {self.data}")
+            if len(self.data) == 1:
+                self.data = self.data[0]
 
 
 # ---------------------------------------------------------------------- data
 def load_training_data(cfg: GRPOConfig):
-    """(queries {id: text} with judgments in the corpus, qrels, doc ids, doc texts) from a BEIR folder."""
+    """(queries {id: text} with judgments in the corpus, qrels, doc ids, doc texts) from the BEIR folder(s)
+    of ``cfg.data``; with several, every id is prefixed with its folder's name (``nq/123``)."""
     from .data.beir import doc_text, load_beir
 
-    ds = load_beir(cfg.data, cfg.split)
-    judged = {d for q in ds.qrels.values() for d, g in q.items() if g > 0}
-    doc_ids = [d for d in ds.corpus]
-    if cfg.corpus_limit:
-        keep = set(doc_ids[: cfg.corpus_limit]) | judged
-        doc_ids = [d for d in doc_ids if d in keep]
-    corpus = set(doc_ids)
-    queries = {q: ds.queries[q] for q in ds.judged_query_ids() if any(d in corpus and g > 0 for d, g in ds.qrels[q].items())}
-    if not queries:
-        raise ValueError(f"{cfg.data}/{cfg.split}: no judged query has a relevant document in the corpus")
-    return queries, ds.qrels, doc_ids, [doc_text(ds.corpus[d]) for d in doc_ids]
+    folders = cfg.data if isinstance(cfg.data, list) else [cfg.data]
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    doc_ids: list[str] = []
+    doc_texts: list[str] = []
+    for folder in folders:
+        ds = load_beir(folder, cfg.split)
+        if cfg.max_queries:
+            ds = ds.subset(cfg.corpus_limit, cfg.max_queries)
+        judged = {d for q in ds.qrels.values() for d, g in q.items() if g > 0}
+        ids = list(ds.corpus)
+        if cfg.corpus_limit and not cfg.max_queries:
+            keep = set(ids[: cfg.corpus_limit]) | judged
+            ids = [d for d in ids if d in keep]
+        corpus = set(ids)
+        kept = [q for q in ds.judged_query_ids() if any(d in corpus and g > 0 for d, g in ds.qrels[q].items())]
+        if not kept:
+            raise ValueError(f"{folder}/{cfg.split}: no judged query has a relevant document in the corpus")
+        tag = f"{Path(folder).name}/" if len(folders) > 1 else ""
+        queries.update({tag + q: ds.queries[q] for q in kept})
+        qrels.update({tag + q: {tag + d: g for d, g in ds.qrels[q].items()} for q in kept})
+        doc_ids += [tag + d for d in ids]
+        doc_texts += [doc_text(ds.corpus[d]) for d in ids]
+    return queries, qrels, doc_ids, doc_texts
 
 
 def data_digest(queries: dict[str, str], qrels: dict, doc_ids: list[str], doc_texts: list[str]) -> str:

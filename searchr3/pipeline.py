@@ -86,9 +86,8 @@ class PipelineConfig:
     data: str = "../shared/data"  # holds the development sets, train/ (the SFT mix) and the preset's RL folder
     eval_data: list[str] | None = None  # BEIR folders, split test; default: <data>/msmarco-mini and <data>/wikiqa-dev
     train_data: list[str] | None = None  # SFT folders, split train; default: the folders of <data>/train
-    rl_data: str | None = (
-        None  # RL folder, split train; default: the preset's (quick: <data>/scifact-2k, full: <data>/train/wikiqa)
-    )
+    # RL folder(s), split train; default: the preset's (quick: <data>/scifact-2k, full: <data>/train/wikiqa)
+    rl_data: str | list[str] | None = None
     model: str | None = None  # None = the built-in SmolLM2
     batch_size: int = 16
     eval_docs: int | None = None  # evaluate on N corpus documents of each set (None = the preset's, 0 = all)
@@ -128,10 +127,11 @@ class PipelineConfig:
             self.train_data = [self.train_data]
         self.eval_data = [str(p) for p in self.eval_data] if self.eval_data else [str(Path(self.data) / n) for n in EVAL_SETS]
         self.train_data = [str(p) for p in self.train_data] if self.train_data else default_training_folders(self.data)
-        self.rl_data = str(self.rl_data or Path(self.data) / PRESETS[self.preset]["rl_data"])
+        rl_data = self.rl_data or Path(self.data) / PRESETS[self.preset]["rl_data"]
+        self.rl_data = [str(p) for p in rl_data] if isinstance(rl_data, (list, tuple)) else str(rl_data)
         if not self.train_data:
             raise FileNotFoundError(f"no training folders under {Path(self.data) / 'train'} (pass train_data)")
-        for p in [*self.eval_data, *self.train_data, self.rl_data]:
+        for p in [*self.eval_data, *self.train_data, *([self.rl_data] if isinstance(self.rl_data, str) else self.rl_data)]:
             if not Path(p).is_dir():
                 raise FileNotFoundError(f"data folder {p} does not exist")
 

@@ -178,6 +178,8 @@ def _plain(v):
         return v.value
     if isinstance(v, Path):
         return str(v)
+    if isinstance(v, list) and len(v) == 1:  # a repeatable option whose default is one value (train rl --data)
+        return _plain(v[0])
     return v
 
 

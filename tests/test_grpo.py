@@ -14,6 +14,8 @@ import torch
 
 from searchr3 import SearchR3
 from searchr3.grpo import (
+    data_digest,
+    load_training_data,
     GRPOConfig,
     GRPOTrainer,
     batch_queries,
@@ -371,3 +373,39 @@ def test_hard_below_keeps_the_queries_the_direct_embedding_misses(tiny_model_dir
         assert r["reward"] == pytest.approx(r["ndcg"] - r["direct_ndcg"] - penalty, abs=1e-5)
     with pytest.raises(ValueError, match="training queries score nDCG"):
         GRPOTrainer(tiny_rl_config(tmp_path / "few", tiny_model_dir, beir_dir, hard_below=cut, queries_per_step=len(want) + 1))
+
+
+def test_several_training_folders_make_one_environment(tmp_path):
+    """data=[a, b]: both corpora side by side, every id prefixed with its folder's name (the two folders
+    share ids); max_queries keeps each folder's first N judged queries and corpus_limit documents in all,
+    theirs first; one folder in a list is that folder (same config, same digest: resumes still match)."""
+    docs = {f"d{i}": f"passage number {i}" for i in range(6)}
+    queries = {f"q{i}": f"query {i}" for i in range(4)}
+    qrels = [(f"q{i}", f"d{5 - i}", 1) for i in range(4)]  # relevant documents sit late in the file
+    a, b = write_beir(tmp_path / "a", docs, queries, qrels), write_beir(tmp_path / "b", docs, queries, qrels)
+    q, r, ids, texts = load_training_data(GRPOConfig(data=[str(a), str(b)]))
+    assert len(q) == 8 and q["a/q1"] == q["b/q1"] == "query 1" and r["b/q1"] == {"b/d4": 1}
+    assert ids == [f"{n}/d{i}" for n in "ab" for i in range(6)] and texts[7] == "passage number 1"
+    q, r, ids, _ = load_training_data(GRPOConfig(data=[str(a), str(b)], max_queries=2, corpus_limit=3))
+    assert sorted(q) == ["a/q0", "a/q1", "b/q0", "b/q1"]
+    assert ids == ["a/d0", "a/d4", "a/d5", "b/d0", "b/d4", "b/d5"]  # the kept queries' documents, then the first others
+    one = GRPOConfig(data=[str(a)])
+    assert one.data == str(a) and data_digest(*load_training_data(one)) == data_digest(
+        *load_training_data(GRPOConfig(data=str(a)))
+    )
+    with pytest.raises(ValueError, match="share a name"):
+        GRPOConfig(data=[str(a), str(tmp_path / "x" / "a")])
+    with pytest.raises(ValueError, match="no training folder"):
+        GRPOConfig(data=[])
+    with pytest.raises(ValueError, match="max_queries >= 0"):
+        GRPOConfig(max_queries=-1)
+
+
+def test_cli_trains_on_two_folders(tiny_model_dir, beir_dir, tmp_path, cli):
+    other = shutil.copytree(beir_dir, tmp_path / "other")
+    _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 1, "--data", other, "--max-queries", "3", "--corpus-limit", "10")
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert saved["data"] == [str(beir_dir), str(other)] and saved["max_queries"] == 3
+    row = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
+    assert row["queries"] == 6  # three from each folder
+    cli(*_args(tmp_path / "bad", tiny_model_dir, beir_dir, 1, "--data", tmp_path / "missing")).assert_bad_input("missing")

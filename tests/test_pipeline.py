@@ -134,6 +134,10 @@ def test_presets_choose_the_evaluation_corpus(data, tiny_model_dir):
     assert PipelineConfig(data=str(data)).rl_data == str(data / "scifact-2k")
     assert PipelineConfig(data=str(data), preset="full").rl_data == str(data / "train" / "wikiqa")
     assert PipelineConfig(data=str(data), preset="full", rl_data=str(data / "scifact-2k")).rl_data == str(data / "scifact-2k")
+    two = [data / "scifact-2k", data / "train" / "wikiqa"]  # several folders: one environment (GRPOConfig.data)
+    assert PipelineConfig(data=str(data), rl_data=two).rl_data == [str(p) for p in two]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        PipelineConfig(data=str(data), rl_data=[*two, data / "missing"])
 
 
 def test_the_final_stage_evaluates_the_stage_1_model_only_when_asked(tmp_path, data, tiny_model_dir):

@@ -49,9 +49,9 @@ def pipeline(
         typer.Option(help="BEIR folder for stage 1 (split train); repeatable; default the folders of DATA/train."),
     ] = None,
     rl_data: Annotated[
-        Optional[Path],
+        Optional[list[Path]],
         typer.Option(
-            help="BEIR folder for stage 2 (split train); default the preset's: DATA/scifact-2k (quick), DATA/train/wikiqa (full)."
+            help="BEIR folder for stage 2 (split train); repeatable: several make one environment; default the preset's: DATA/scifact-2k (quick), DATA/train/wikiqa (full)."
         ),
     ] = None,
     model: Annotated[Optional[str], typer.Option(help="Base model folder (default: built-in SmolLM2).")] = None,
@@ -78,7 +78,7 @@ def pipeline(
         model=model,
         eval_data=[str(p) for p in eval_data] if eval_data else None,
         train_data=[str(p) for p in train_data] if train_data else None,
-        rl_data=str(rl_data) if rl_data else None,
+        rl_data=[str(p) for p in rl_data] if rl_data else None,
         evaluate_sft=evaluate_sft,
     )
     run_pipeline(cfg)

@@ -32,6 +32,7 @@ DEFAULTS = {
             "nce_negatives",
             "doc_max_length",
             "corpus_limit",
+            "max_queries",
             "save_every",
             "seed",
             "bf16",
@@ -59,8 +60,10 @@ def rl(
     init: Optional[str] = typer.Option(
         None, "--init", help="Model to start from, e.g. the SFT checkpoint (default: built-in SmolLM2)."
     ),
-    data: Path = typer.Option(
-        Path("../shared/data/scifact-2k"), "--data", help="BEIR folder with training queries, qrels and corpus."
+    data: list[Path] = typer.Option(
+        [Path("../shared/data/scifact-2k")],
+        "--data",
+        help="BEIR folder with training queries, qrels and corpus; repeatable: several folders make one environment (their corpora side by side).",
     ),
     split: str = typer.Option("train", "--split", help="qrels split to train on."),
     steps: int = typer.Option(10, "--steps", min=1, help="Optimizer steps."),
@@ -134,7 +137,13 @@ def rl(
     ),
     doc_max_length: int = typer.Option(256, "--doc-max-length", min=16, help="Token limit of corpus documents."),
     corpus_limit: int = typer.Option(
-        0, "--corpus-limit", min=0, help="Use the first N documents plus every judged one (0 = all)."
+        0, "--corpus-limit", min=0, help="Per folder: use the first N documents plus every judged one (0 = all)."
+    ),
+    max_queries: int = typer.Option(
+        0,
+        "--max-queries",
+        min=0,
+        help="Per folder: train on its first N judged queries only, with --corpus-limit documents in all, theirs first (0 = every query).",
     ),
     save_every: int = typer.Option(5, "--save-every", min=1, help="Checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed"),
@@ -157,14 +166,14 @@ def rl(
     from searchr3.env import EnvConfig
     from searchr3.grpo import GRPOConfig, train_rl
 
-    for folder in [data] + ([eval_data] if eval_data else []):
+    for folder in [*data] + ([eval_data] if eval_data else []):
         if not folder.is_dir():
             raise UsageError(f"data folder {folder} does not exist")
     cfg = build_config(
         GRPOConfig,
         out=str(out),
         init=init,
-        data=str(data),
+        data=[str(p) for p in data],
         split=split,
         steps=steps,
         queries_per_step=queries_per_step,
@@ -182,6 +191,7 @@ def rl(
         nce_negatives=nce_negatives,
         doc_max_length=doc_max_length,
         corpus_limit=corpus_limit,
+        max_queries=max_queries,
         save_every=save_every,
         seed=seed,
         bf16=bf16,
