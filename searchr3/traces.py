@@ -178,17 +178,16 @@ class SelfTraces:
         self.m, self.path, self.samples, self.max_new_tokens, self.min_tokens = model, path, samples, max_new_tokens, min_tokens
         self.temperature, self.tau, self.seed, self.mix_weight = temperature, tau, seed, mix_weight
 
-    def _scores(self, seqs: list[list[int]], docs, positive, direct=None) -> tuple[list[float], object]:
-        """(log-softmax score of each sequence's positive, its normalised embeddings); with ``direct``
-        (normalised rows, one per sequence) the mix ``mix_weight * direct + rest * own`` is scored."""
+    def _scores(self, e, docs, positive, direct=None) -> list[float]:
+        """Log-softmax score of each query's positive for its normalised embedding (a row of ``e``); with
+        ``direct`` (normalised rows, one per row of ``e``) the mix ``mix_weight * direct + rest * own`` is scored."""
         import torch
 
         from .model import mix_embeddings
 
-        e = torch.nn.functional.normalize(self.m._encode_ids(seqs, len(seqs), False, "score traces"), dim=-1)  # batched, no grad
         q = e if direct is None else mix_embeddings(direct, e, self.mix_weight)
         logits = torch.nn.functional.normalize(q, dim=-1) @ docs.to(e.device).T / self.tau
-        return torch.log_softmax(logits, -1)[torch.arange(len(seqs)), positive].tolist(), e
+        return torch.log_softmax(logits, -1)[torch.arange(len(e)), positive].tolist()
 
     def choose(self, step: int, micro: int, queries: Sequence[str], docs, positive: Sequence[int]) -> list[list[int]]:
         """Completion ids (ending with the embedding token) for each query; ``docs`` are the step's
@@ -208,7 +207,6 @@ class SelfTraces:
                 min_new_tokens=self.min_tokens,
                 seed=(self.seed * 1_000_003 + step) * 1_009 + micro,
             )
-            heads = m.prompt_ids(list(queries), "query", reasoning=True)
             cands: list[list[list[int]]] = []
             for i in range(len(queries)):
                 mine = []
@@ -220,13 +218,15 @@ class SelfTraces:
                         mine.append(body)
                 cands.append(mine)
             flat = [(i, c) for i, mine in enumerate(cands) for c in mine]
-            direct, d_emb = self._scores(m.prompt_ids(list(queries), "query"), docs, positive)
-            mixed = d_emb[[i for i, _ in flat]] if self.mix_weight > 0 and flat else None
-            scores = (
-                self._scores([heads[i] + c + [m.embed_token_id] for i, c in flat], docs, [positive[i] for i, _ in flat], mixed)[0]
-                if flat
-                else []
-            )
+            d_emb = m.encode_query(list(queries), batch_size=len(queries), convert_to_tensor=True)
+            direct = self._scores(d_emb, docs, positive)
+            scores = []
+            if flat:  # every candidate read after its trace, in one batch
+                e = m.encode_after_trace(
+                    [queries[i] for i, _ in flat], [c for _, c in flat], batch_size=len(flat), convert_to_tensor=True
+                )
+                mixed = d_emb[[i for i, _ in flat]] if self.mix_weight > 0 else None
+                scores = self._scores(e, docs, [positive[i] for i, _ in flat], mixed)
         out, rows, s = [], [], 0
         for i, q in enumerate(queries):
             mine_scores = scores[s : s + len(cands[i])]

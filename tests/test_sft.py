@@ -407,12 +407,12 @@ def test_mix_rows_train_the_mix_modes_embedding_with_the_direct_part_detached():
 def test_self_traces_score_the_mix_when_asked(tiny, tmp_path):
     from searchr3.traces import SelfTraces
 
-    seqs = tiny.prompt_ids(["cats on mats", "the capital of france"], "query")
+    e = tiny.encode_query(["cats on mats", "the capital of france"], convert_to_tensor=True)
     docs = torch.nn.functional.normalize(torch.randn(4, tiny.hidden_size), dim=-1)
     alone = SelfTraces(tiny, tmp_path / "b.jsonl", 2, 4, 1.0, 0.05, 0)
-    scores, e = alone._scores(seqs, docs, [1, 3])
+    scores = alone._scores(e, docs, [1, 3])
     direct = torch.nn.functional.normalize(torch.randn(2, tiny.hidden_size), dim=-1)
-    mixed, _ = SelfTraces(tiny, tmp_path / "b.jsonl", 2, 4, 1.0, 0.05, 0, mix_weight=0.6)._scores(seqs, docs, [1, 3], direct)
+    mixed = SelfTraces(tiny, tmp_path / "b.jsonl", 2, 4, 1.0, 0.05, 0, mix_weight=0.6)._scores(e, docs, [1, 3], direct)
     q = torch.nn.functional.normalize(0.6 * direct + 0.4 * e, dim=-1)
     expected = torch.log_softmax(q @ docs.T / 0.05, -1)[[0, 1], [1, 3]]
     np.testing.assert_allclose(mixed, expected.numpy(), rtol=1e-4, atol=1e-4)
