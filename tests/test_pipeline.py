@@ -136,6 +136,7 @@ def test_presets_choose_the_evaluation_corpus(data, tiny_model_dir):
     assert PipelineConfig(data=str(data), preset="full", rl_data=str(data / "scifact-2k")).rl_data == str(data / "scifact-2k")
     two = [data / "scifact-2k", data / "train" / "wikiqa"]  # several folders: one environment (GRPOConfig.data)
     assert PipelineConfig(data=str(data), rl_data=two).rl_data == [str(p) for p in two]
+    assert PipelineConfig(data=str(data), rl_data=two[:1]).rl_data == str(two[0])
     with pytest.raises(FileNotFoundError, match="missing"):
         PipelineConfig(data=str(data), rl_data=[*two, data / "missing"])
 
