@@ -63,6 +63,7 @@ def rl(
     data: list[Path] = typer.Option(
         [Path("../shared/data/scifact-2k")],
         "--data",
+        metavar="FOLDER",
         help="BEIR folder with training queries, qrels and corpus; repeatable: several folders make one environment (their corpora side by side).",
     ),
     split: str = typer.Option("train", "--split", help="qrels split to train on."),
