@@ -135,14 +135,22 @@ class GRPOConfig:
             raise ValueError("need 0 <= mix_weight < 1 and 0 <= hard_below <= 1")
         if self.doc_max_length < 16 or self.corpus_limit < 0 or self.max_queries < 0:
             raise ValueError("need doc_max_length >= 16, corpus_limit >= 0 and max_queries >= 0")
-        if isinstance(self.data, (list, tuple)):
-            self.data = [str(d) for d in self.data]
-            if not self.data:
-                raise ValueError("data: no training folder given")
-            if len({Path(d).name for d in self.data}) < len(self.data):
-                raise ValueError(f"data: two training folders share a name (it prefixes their ids): {self.data}")
-            if len(self.data) == 1:
-                self.data = self.data[0]
+        self.data = rl_folders(self.data)
+
+
+def rl_folders(data) -> str | list[str]:
+    """Stage 2's training folder(s) as :class:`GRPOConfig` keeps them, checked (also by ``PipelineConfig``,
+    so a bad list is refused before stage 1, not after it): one folder, alone or in a list, as its path
+    (the form runs made before lists existed saved, so they still resume); several as a list of paths
+    whose names differ (each prefixes its folder's ids)."""
+    if not isinstance(data, (list, tuple)):
+        return str(data)
+    folders = [str(d) for d in data]
+    if not folders:
+        raise ValueError("data: no training folder given")
+    if len({Path(d).name for d in folders}) < len(folders):
+        raise ValueError(f"data: two training folders share a name (it prefixes their ids): {folders}")
+    return folders[0] if len(folders) == 1 else folders
 
 
 # ---------------------------------------------------------------------- data

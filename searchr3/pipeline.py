@@ -101,6 +101,7 @@ class PipelineConfig:
     rl: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's RL settings
 
     def __post_init__(self) -> None:
+        from .grpo import rl_folders
         from .sft import default_training_folders
 
         if self.preset not in PRESETS:
@@ -127,12 +128,10 @@ class PipelineConfig:
             self.train_data = [self.train_data]
         self.eval_data = [str(p) for p in self.eval_data] if self.eval_data else [str(Path(self.data) / n) for n in EVAL_SETS]
         self.train_data = [str(p) for p in self.train_data] if self.train_data else default_training_folders(self.data)
-        rl_data = self.rl_data or Path(self.data) / PRESETS[self.preset]["rl_data"]
-        rl_data = [str(p) for p in rl_data] if isinstance(rl_data, (list, tuple)) else [str(rl_data)]
-        self.rl_data = rl_data[0] if len(rl_data) == 1 else rl_data  # one folder is saved as before: old runs resume
+        self.rl_data = rl_folders(self.rl_data or Path(self.data) / PRESETS[self.preset]["rl_data"])
         if not self.train_data:
             raise FileNotFoundError(f"no training folders under {Path(self.data) / 'train'} (pass train_data)")
-        for p in [*self.eval_data, *self.train_data, *rl_data]:
+        for p in [*self.eval_data, *self.train_data, *([self.rl_data] if isinstance(self.rl_data, str) else self.rl_data)]:
             if not Path(p).is_dir():
                 raise FileNotFoundError(f"data folder {p} does not exist")
 

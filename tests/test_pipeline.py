@@ -137,6 +137,8 @@ def test_presets_choose_the_evaluation_corpus(data, tiny_model_dir):
     two = [data / "scifact-2k", data / "train" / "wikiqa"]  # several folders: one environment (GRPOConfig.data)
     assert PipelineConfig(data=str(data), rl_data=two).rl_data == [str(p) for p in two]
     assert PipelineConfig(data=str(data), rl_data=two[:1]).rl_data == str(two[0])
+    with pytest.raises(ValueError, match="share a name"):  # refused before stage 1, not when stage 2 starts
+        PipelineConfig(data=str(data), rl_data=[two[1], two[1]])
     with pytest.raises(FileNotFoundError, match="missing"):
         PipelineConfig(data=str(data), rl_data=[*two, data / "missing"])
 
