@@ -153,13 +153,18 @@ def rl_folders(data) -> str | list[str]:
     return folders[0] if len(folders) == 1 else folders
 
 
+def folder_list(data: str | list[str]) -> list[str]:
+    """:func:`rl_folders`' result as a list, however many folders it names."""
+    return data if isinstance(data, list) else [data]
+
+
 # ---------------------------------------------------------------------- data
 def load_training_data(cfg: GRPOConfig):
     """(queries {id: text} with judgments in the corpus, qrels, doc ids, doc texts) from the BEIR folder(s)
     of ``cfg.data``; with several, every id is prefixed with its folder's name (``nq/123``)."""
     from .data.beir import doc_text, load_beir
 
-    folders = cfg.data if isinstance(cfg.data, list) else [cfg.data]
+    folders = folder_list(cfg.data)
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     doc_ids: list[str] = []

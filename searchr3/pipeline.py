@@ -101,7 +101,7 @@ class PipelineConfig:
     rl: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's RL settings
 
     def __post_init__(self) -> None:
-        from .grpo import rl_folders
+        from .grpo import folder_list, rl_folders
         from .sft import default_training_folders
 
         if self.preset not in PRESETS:
@@ -131,7 +131,7 @@ class PipelineConfig:
         self.rl_data = rl_folders(self.rl_data or Path(self.data) / PRESETS[self.preset]["rl_data"])
         if not self.train_data:
             raise FileNotFoundError(f"no training folders under {Path(self.data) / 'train'} (pass train_data)")
-        for p in [*self.eval_data, *self.train_data, *([self.rl_data] if isinstance(self.rl_data, str) else self.rl_data)]:
+        for p in [*self.eval_data, *self.train_data, *folder_list(self.rl_data)]:
             if not Path(p).is_dir():
                 raise FileNotFoundError(f"data folder {p} does not exist")
 
