@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,10 @@ def main() -> None:
     ap.add_argument("--dims", default="32,64,128,256,384,576")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "matryoshka_dims.json")
     args = ap.parse_args()
-    folders = args.data or [ROOT.parent / "shared" / "data" / "msmarco-mini", ROOT.parent / "shared" / "data" / "wikiqa-dev"]
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.devsets import dev_folders
+
+    folders = dev_folders(args.data)
 
     model = SearchR3.from_pretrained(args.model)
     rows = []

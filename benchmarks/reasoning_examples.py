@@ -21,12 +21,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reasoning_examples.md")
     args = ap.parse_args()
 
+    from benchmarks.devsets import dev_folders
     from searchr3 import SearchR3
     from searchr3.data.beir import load_beir
     from searchr3.io import atomic_write_text
 
     m = SearchR3.from_pretrained(args.model)
-    folders = args.data or [str(ROOT.parent / "shared" / "data" / n) for n in ("msmarco-mini", "wikiqa-dev")]
+    folders = dev_folders(args.data)
     p = m.prompts
     lines = [
         f"# Reasoning examples: `{args.model}`",
