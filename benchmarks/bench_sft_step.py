@@ -1,6 +1,6 @@
 """Seconds per SFT optimizer step and peak memory (RSS), default model and default batch config.
 
-    python benchmarks/bench_sft_step.py [--steps 3] [--warmup 1] [--lora-layers N] [--grad-cache-chunk N] [--label NAME] [--out FILE]
+    python benchmarks/bench_sft_step.py [--steps 3] [--warmup 1] [--lora-layers N] [--grad-cache-chunk N] [--precision auto|bf16|fp32] [--label NAME] [--out FILE]
 
 Every run sees the same batches (the default training mix, the trainer's seeded schedule, the
 default keyword traces), so two runs that differ in one setting (e.g. ``--lora-layers 0``, today's
@@ -39,6 +39,12 @@ def main() -> None:
         default=None,
         help="Gradient caching, N sequences per chunk (0 = off; default: the trainer's).",
     )
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="bf16 autocast or fp32 (auto: the trainer's default for this CPU).",
+    )
     ap.add_argument("--label", default="default")
     ap.add_argument("--model", default=None, help="Base model (default: built-in SmolLM2).")
     ap.add_argument("--data", action="append", default=None, help="BEIR training folder, repeatable (default: the training mix).")
@@ -48,6 +54,7 @@ def main() -> None:
     import torch
 
     from searchr3 import SearchR3
+    from searchr3.backbone import cpu_features
     from searchr3.io import atomic_write_json
     from searchr3.sft import SFTConfig, SFTTrainer, build_data, make_traces, prepare_model
 
@@ -62,6 +69,7 @@ def main() -> None:
         gradient_checkpointing=args.gradient_checkpointing,
         show_progress=False,
         eval_queries=0,
+        bf16={"auto": None, "bf16": True, "fp32": False}[args.precision],
         **extra,
     )
     data = build_data(cfg)
@@ -95,7 +103,8 @@ def main() -> None:
         "query_tokens": cfg.query_tokens,
         "doc_tokens": cfg.doc_tokens,
         "lora_r": cfg.lora_r,
-        "bf16": cfg.bf16,
+        "bf16": m.bf16,
+        "cpu_features": cpu_features(),
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "grad_cache_chunk": cfg.grad_cache_chunk,
         "trainable_params": sum(p.numel() for p in m.model.parameters() if p.requires_grad),

@@ -7,6 +7,7 @@ LoRA adapter (``adapter_config.json``) on top of the recorded base model.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -40,6 +41,36 @@ class ModelLoadError(ValueError):
 
 # The projections LoRA adapts in both training stages: attention and MLP of Llama/Qwen-style decoders.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> dict[str, Any]:
+    """What torch sees of this CPU: its vector capability and whether it computes bf16 natively."""
+
+    def has(name: str) -> bool:  # torch.cpu's feature checks are private, and not in every build
+        check = getattr(torch.cpu, name, None)
+        return bool(check()) if check is not None else False
+
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": has("_is_avx512_bf16_supported"),
+        "amx": has("_is_amx_tile_supported"),
+    }
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 autocast pays on ``device``: a CUDA GPU with bf16, or a CPU with AVX-512 bf16 or AMX.
+
+    Elsewhere (AVX2-only CPUs, most laptops) bf16 is emulated and encoding runs several times slower
+    than in fp32 (``benchmarks/bench_dtype.py``), so the default precision there is fp32.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        features = cpu_features()
+        return features["avx512_bf16"] or features["amx"]
+    return False
 
 
 def lora_targets(model: Any) -> list[str]:

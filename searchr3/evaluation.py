@@ -80,18 +80,18 @@ def encode_corpus(
 ) -> CorpusEmbeddings:
     """Encode every document of ``corpus`` (``title + " " + text``) with ``encoder``.
 
-    With ``cache_dir``, embeddings of an encoder that has a ``fingerprint()`` (a searchr3 model) are
-    stored under a key of that fingerprint and the corpus content, and reused by later calls: the
+    With ``cache_dir``, embeddings of an encoder that has an ``embedding_key()`` (a searchr3 model:
+    its fingerprint and precision) are stored under a key of that and the corpus content, and reused by later calls: the
     same model never encodes the same corpus twice. ``seconds`` is then the original encode time.
     """
     doc_ids = list(corpus)
     texts = [doc_text(corpus[d]) for d in doc_ids]
-    fingerprint = getattr(encoder, "fingerprint", None)
+    key = getattr(encoder, "embedding_key", None)
 
     def encode(positions: list[int]) -> np.ndarray:
         return encoder.encode_document([texts[i] for i in positions], batch_size=batch_size, show_progress_bar=show_progress_bar)
 
-    out = cached_encode(encode, doc_ids, texts, fingerprint=fingerprint() if callable(fingerprint) else None, cache_dir=cache_dir)
+    out = cached_encode(encode, doc_ids, texts, fingerprint=key() if callable(key) else None, cache_dir=cache_dir)
     _check_embeddings(out.embeddings, len(doc_ids), "document")
     return out
 

@@ -107,7 +107,9 @@ class GRPOConfig:
     # bookkeeping
     save_every: int = 5
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | None = (
+        None  # bf16 autocast (True), fp32 (False), or None: bf16 where the device computes it natively, fp32 elsewhere
+    )
     show_progress_bar: bool = True
     env: EnvConfig = field(default_factory=EnvConfig)
 
@@ -360,7 +362,7 @@ class GRPOTrainer:
         from .retrieval import cached_encode, corpus_key
 
         cfg, m = self.cfg, self.model
-        fingerprint = f"{m.fingerprint()}|doc_max_length={cfg.doc_max_length}"
+        fingerprint = f"{m.embedding_key()}|doc_max_length={cfg.doc_max_length}"
         built = None
         if self.first_adapted:
             from .trunk import cached_trunk

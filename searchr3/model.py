@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .backbone import FORMAT_VERSION, SEARCHR3_CONFIG, ModelLoadError, load_backbone, model_source
+from .backbone import FORMAT_VERSION, SEARCHR3_CONFIG, ModelLoadError, load_backbone, model_source, native_bf16
 from .io import atomic_directory, atomic_write_json
 from .prompts import EMBED_TOKEN, Kind, PromptConfig, PromptTemplate
 
@@ -122,7 +122,7 @@ class SearchR3:
         *,
         base_model: str,
         max_length: int = 512,
-        bf16: bool = True,
+        bf16: bool | None = None,
     ) -> None:
         self.token_input: torch.Tensor | None = None  # see pin_token_input
         self._pin_handle = None
@@ -133,7 +133,7 @@ class SearchR3:
         self.prompts = prompts
         self.base_model = base_model
         self.max_length = max_length
-        self.bf16 = bf16
+        self.bf16 = bf16  # None: bf16 autocast where the device computes bf16 natively (see the property)
         self.model.eval()
 
     # ------------------------------------------------------------------ the embedding token's input vector
@@ -181,14 +181,15 @@ class SearchR3:
         *,
         prompts: PromptConfig | dict | None = None,
         max_length: int | None = None,
-        bf16: bool = True,
+        bf16: bool | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> "SearchR3":
         """Load the built-in SmolLM2 (``None`` or ``"smollm2"``), a HF causal-LM folder or a saved searchr3 model.
 
         Prompts come from, in order: the ``prompts`` argument, the saved model's ``searchr3.json``,
         the defaults in :mod:`searchr3.prompts`. ``max_length`` likewise: the argument, the saved
-        model's, then 512.
+        model's, then 512. ``bf16``: autocast the forward passes to bf16 (True), keep fp32 (False), or
+        (None) bf16 where the model's device computes it natively (:func:`~searchr3.backbone.native_bf16`).
         """
         if isinstance(prompts, dict):
             prompts = PromptConfig.from_dict(prompts)
@@ -254,7 +255,24 @@ class SearchR3:
             h.update(np.float64(t.double().sum().item()).tobytes())
         return h.hexdigest()[:16]
 
+    def embedding_key(self) -> str:
+        """:meth:`fingerprint` and the precision: what cached embeddings of this model are stored under.
+
+        Indexes check the fingerprint alone (an index built in bf16 is searched in fp32 as well); cached
+        corpus embeddings are reused only at the precision they were made in.
+        """
+        return f"{self.fingerprint()}|{'bf16' if self.bf16 else 'fp32'}"
+
     # ------------------------------------------------------------------ prompts and batches
+    @property
+    def bf16(self) -> bool:
+        """Whether forward passes autocast to bf16: as set, or by the current device when set to None."""
+        return native_bf16(self.device) if self._bf16 is None else self._bf16
+
+    @bf16.setter
+    def bf16(self, value: bool | None) -> None:
+        self._bf16 = value
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

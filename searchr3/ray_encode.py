@@ -17,7 +17,9 @@ import numpy as np
 class EncoderActor:
     """One model replica; called with a batch ``{"row": [...], "text": [...]}``."""
 
-    def __init__(self, model: str | None, prompts: dict[str, Any] | None, max_length: int, bf16: bool, batch_size: int) -> None:
+    def __init__(
+        self, model: str | None, prompts: dict[str, Any] | None, max_length: int, bf16: bool | None, batch_size: int
+    ) -> None:
         from searchr3 import SearchR3
 
         self.model = SearchR3.from_pretrained(model, prompts=prompts, max_length=max_length, bf16=bf16)
@@ -34,7 +36,7 @@ def encode_with_ray(
     *,
     prompts: dict[str, Any] | None = None,
     max_length: int = 512,
-    bf16: bool = True,
+    bf16: bool | None = None,
     concurrency: int = 2,
     batch_size: int = 16,
     num_cpus: float = 1,

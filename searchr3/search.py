@@ -26,7 +26,7 @@ class Searcher:
     in the index). Either way the model's fingerprint must match the index's.
     """
 
-    def __init__(self, index_dir: str | Path, model: Any = None, *, bf16: bool = True) -> None:
+    def __init__(self, index_dir: str | Path, model: Any = None, *, bf16: bool | None = None) -> None:
         from .model import SearchR3
 
         self.index = Index.load(index_dir)

@@ -125,7 +125,9 @@ class SFTConfig:
     max_steps: int = 12
     query_tokens: int = 64  # text tokens kept per query (the prompt template comes on top)
     doc_tokens: int = 128  # text tokens kept per document
-    bf16: bool = True
+    bf16: bool | None = (
+        None  # bf16 autocast (True), fp32 (False), or None: bf16 where the device computes it natively (a CUDA GPU, a CPU with AVX-512 bf16 or AMX), fp32 elsewhere (emulated bf16 is slower)
+    )
     gradient_checkpointing: bool = False
     grad_cache_chunk: int = 8  # > 0: gradient caching (GradCache), this many sequences per chunk: the step's peak memory is one chunk's activations (2.5 GB instead of 5.7 at the default batch); 0 = off (the whole micro-batch at once, ~12 % faster)
     # losses
@@ -674,12 +676,12 @@ class SFTTrainer:
         pairs = self._doc_pairs(exs)
         dev = m.device
         db = {k: v.to(dev) for k, v in m.collate(self._prompt([t for _, t in pairs], "document", cfg.doc_tokens)).items()}
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with m.autocast():
             d_emb = m.hidden_at(db["input_ids"], db["attention_mask"], db["embed_index"])
         seqs, spans, owner, embedded = self._query_rows(exs, d_emb, step, micro)
         qb = {k: v.to(dev) for k, v in m.collate(seqs).items()}
         rows, cols, targets, lm_weights = self._lm_targets(seqs, spans, len(exs))
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with m.autocast():
             hidden, logits = self._logits_at(m.model, qb, rows, cols)
             q_emb = hidden[torch.arange(len(seqs)), qb["embed_index"]]
             ref_logits = self._ref_logits(qb, rows, cols) if cfg.w_kl > 0 else None
@@ -727,7 +729,7 @@ class SFTTrainer:
             seen: list = []
             hook = layers[trunk - 1].register_forward_hook(lambda mod, args, out: seen.append(out)) if trunk else None
             try:
-                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                with torch.no_grad(), m.autocast():
                     embs.append(m.hidden_at(b["input_ids"], b["attention_mask"], b["embed_index"]))
             finally:
                 if hook is not None:
@@ -770,7 +772,7 @@ class SFTTrainer:
 
         for c, s in enumerate(range(0, len(dseqs), chunk)):
             b = {k: v.to(dev) for k, v in m.collate(dseqs[s : s + chunk]).items()}
-            with replayed_trunk(layers, trunk, d_trunk[c]), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with replayed_trunk(layers, trunk, d_trunk[c]), m.autocast():
                 e = m.hidden_at(b["input_ids"], b["attention_mask"], b["embed_index"])
             d.acc.backward((e.float() * d_grad[s : s + chunk]).sum())
         lm_sum = kl_sum = torch.zeros((), dtype=torch.float32)
@@ -778,7 +780,7 @@ class SFTTrainer:
             b = {k: v.to(dev) for k, v in m.collate(seqs[s : s + chunk]).items()}
             sel = (rows >= s) & (rows < s + chunk)
             r, cl, t, w = rows[sel] - s, cols[sel], targets[sel], lm_weights[sel]
-            with replayed_trunk(layers, trunk, q_trunk[c]), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with replayed_trunk(layers, trunk, q_trunk[c]), m.autocast():
                 hidden, logits = self._logits_at(m.model, b, r, cl)
                 e = hidden[torch.arange(hidden.shape[0]), b["embed_index"]]
                 ref_logits = self._ref_logits(b, r, cl) if cfg.w_kl > 0 and len(t) else None

@@ -306,7 +306,7 @@ def test_corpus_embeddings_are_cached_per_model(tmp_path, tiny_model_dir):
 
         def __init__(self, model):
             self.model, self.calls = model, 0
-            self.fingerprint = model.fingerprint
+            self.embedding_key = model.embedding_key
 
         def encode_document(self, texts, **kw):
             self.calls += 1
@@ -327,3 +327,6 @@ def test_corpus_embeddings_are_cached_per_model(tmp_path, tiny_model_dir):
     corpus["d0"]["text"] = "changed"
     encode_corpus(enc, corpus, cache_dir=tmp_path)
     assert enc.calls == 3 and len(list(tmp_path.glob("*.npz"))) == 2
+    enc.model.bf16 = True  # the same weights in the other precision: their own entry, never the fp32 one
+    encode_corpus(enc, corpus, cache_dir=tmp_path)
+    assert enc.calls == 4 and len(list(tmp_path.glob("*.npz"))) == 3

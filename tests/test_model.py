@@ -319,6 +319,26 @@ def test_fingerprint_tracks_weights_and_prompts(tiny):
     assert tiny.fingerprint() != b
 
 
+def test_default_precision_follows_the_cpu(tiny_model_dir, monkeypatch):
+    """bf16=None autocasts only where the CPU computes bf16 natively; True/False are kept as given."""
+    from searchr3 import backbone
+
+    m = SearchR3.from_pretrained(tiny_model_dir)
+    for native in (True, False):
+        monkeypatch.setattr(
+            backbone, "cpu_features", lambda native=native: {"capability": "X", "avx512_bf16": native, "amx": False}
+        )
+        assert backbone.native_bf16("cpu") is native and m.bf16 is native
+        assert m.autocast().fast_dtype == torch.bfloat16 and m.autocast()._enabled is native
+    assert backbone.native_bf16("meta") is False  # a device it knows nothing of: fp32
+    m.bf16 = True
+    assert m.bf16 is True and SearchR3.from_pretrained(tiny_model_dir, bf16=False).bf16 is False
+    in_bf16 = m.embedding_key()
+    m.bf16 = False
+    # Cached embeddings are kept per precision; indexes check the fingerprint alone.
+    assert m.embedding_key() != in_bf16 and m.embedding_key().split("|")[0] == m.fingerprint()
+
+
 @pytest.mark.slow
 def test_real_smollm2_end_to_end():
     """The built-in model: converted once to the cache, the token added, both paths produce embeddings."""

@@ -9,9 +9,24 @@ default is written in one place and the command line cannot drift from it.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
+
+import typer
 
 T = TypeVar("T")
+
+
+def precision_option() -> Any:
+    """``--bf16/--fp32``, unset (None) meaning bf16 only where the device computes it natively."""
+    return typer.Option(
+        None,
+        "--bf16/--fp32",
+        help="Forward passes in bf16 autocast or fp32 (default: bf16 on a CUDA GPU or a CPU with AVX-512 bf16 / AMX, fp32 elsewhere, where emulated bf16 is slower).",
+        show_default=False,
+    )
+
+
+Precision = Optional[bool]
 
 
 class UsageError(ValueError):

@@ -9,12 +9,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from searchr3.commands import Precision, precision_option
+
 DEFAULTS = {
     "batch_size": ("searchr3.pipeline:PipelineConfig", "batch_size"),
     "max_length": ("searchr3.model:SearchR3.from_pretrained", "max_length"),
     "mix_weight": ("searchr3.model:SearchR3._query_or_document", "mix_weight"),
     "samples": ("searchr3.model:SearchR3._query_or_document", "samples"),
     "temperature": ("searchr3.model:SearchR3.reason", "temperature"),
+    "bf16": ("searchr3.model:SearchR3.from_pretrained", "bf16"),
 }
 CLI_ONLY = {"data", "split", "model", "reasoning", "baselines", "out", "cache", "max_docs", "max_queries"}
 
@@ -46,6 +49,7 @@ def evaluate(
     mix_weight: float = 0.6,
     samples: int = 1,
     temperature: float = 1.0,
+    bf16: bool | None = None,
 ) -> list[dict]:
     """Evaluate a searchr3 model (and the baselines) on one BEIR split of each folder; print a table per
     folder, write all rows as JSON."""
@@ -69,7 +73,7 @@ def evaluate(
 
         systems += [("BM25", "bm25", False), ("all-MiniLM-L6-v2", MiniLMEncoder(), False)]
     if model != "none":
-        m = SearchR3.from_pretrained(model, max_length=max_length)
+        m = SearchR3.from_pretrained(model, max_length=max_length, bf16=bf16)
         name = f"searchr3 ({model or 'smollm2'})"
         systems += [(name, m, r, generation) for r in MODES[Reasoning(reasoning).value]]
     folders = [data] if isinstance(data, (str, Path)) else list(data)
@@ -130,6 +134,7 @@ def eval_command(
             help="Evaluate the first N judged queries only; their relevant documents come first within --max-docs (0 = all).",
         ),
     ] = 0,
+    bf16: Precision = precision_option(),
 ) -> None:
     """Retrieval quality (nDCG@10, Recall@100, MRR@10) on one or more BEIR folders."""
     evaluate(
@@ -147,4 +152,5 @@ def eval_command(
         mix_weight=mix_weight,
         samples=samples,
         temperature=temperature,
+        bf16=bf16,
     )

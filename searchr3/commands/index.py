@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from searchr3.commands import Precision, precision_option
+
 _B = "searchr3.index:build_index"
 DEFAULTS = {
     "batch_size": (_B, "batch_size"),
@@ -57,7 +59,7 @@ def build(
         "none", "--compact", help="Vector storage: none (float32) or int8 (FAISS scalar quantizer, 4x smaller)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
-    bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast for encoding."),
+    bf16: Precision = precision_option(),
     ray: bool = typer.Option(False, "--ray", help="Encode with Ray Data (an actor pool of model replicas)."),
     ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="Model replicas in the Ray actor pool."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray)."),
@@ -144,7 +146,7 @@ def add(
         None, "--model", help="Model to encode with; must be the one that built the index (default: it)."
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    bf16: bool = typer.Option(True, "--bf16/--fp32"),
+    bf16: Precision = precision_option(),
     ray: bool = typer.Option(False, "--ray", help="Encode with Ray Data."),
     ray_actors: int = typer.Option(2, "--ray-actors", min=1),
     ray_address: Optional[str] = typer.Option(None, "--ray-address"),

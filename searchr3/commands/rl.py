@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from searchr3.commands import Precision, precision_option
+
 _G, _E = "searchr3.grpo:GRPOConfig", "searchr3.env:EnvConfig"
 DEFAULTS = {
     **{
@@ -158,7 +160,7 @@ def rl(
         0, "--eval-docs", min=0, help="Evaluate on the first N documents of the --eval corpus only (0 = all)."
     ),
     eval_init: bool = typer.Option(True, "--eval-init/--no-eval-init", help="Also evaluate the --init model."),
-    bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast (CPU inference and training forward)."),
+    bf16: Precision = precision_option(),
 ) -> None:
     """Train with GRPO: G reasoning rollouts per query, rewards from an HNSW index with selective refresh."""
     import json

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from searchr3.commands import Precision, precision_option
+
 DEFAULTS = {
     "k": ("searchr3.search:Searcher.search_many", "k"),
     "reasoning": ("searchr3.search:Searcher.search_many", "reasoning"),
@@ -26,7 +28,7 @@ def search(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per query, one per line)."),
     width: int = typer.Option(100, "--width", min=1, help="Characters of document text to show."),
-    bf16: bool = typer.Option(True, "--bf16/--fp32"),
+    bf16: Precision = precision_option(),
 ) -> None:
     """Search an index and print ranked hits (and the model's reasoning with --reasoning)."""
     import json

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from searchr3.commands import Precision, precision_option
+
 _C = "searchr3.service:ServiceConfig"
 DEFAULTS = {
     **{name: (_C, name) for name in ("max_batch", "max_wait_ms", "max_texts", "max_body_bytes")},
@@ -33,7 +35,7 @@ def serve(
     max_length: Optional[int] = typer.Option(
         None, "--max-length", min=16, help="Token limit per text without an index (default: the model's, 512)."
     ),
-    bf16: bool = typer.Option(True, "--bf16/--fp32"),
+    bf16: Precision = precision_option(),
 ) -> None:
     """Serve POST /v1/embeddings (OpenAI-compatible), POST /search and a search page at / over HTTP."""
     import uvicorn

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from searchr3.commands import Precision, precision_option
+
 _S = "searchr3.sft:SFTConfig"
 DEFAULTS = {
     **{
@@ -153,7 +155,7 @@ def sft(
         min=0,
         help="Gradient caching: embed the micro-batch without gradient, then redo the forward with gradient N sequences at a time (same gradients, peak memory of one chunk, one more forward of the LoRA layers); 0 = off.",
     ),
-    bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast for the forward passes."),
+    bf16: Precision = precision_option(),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
