@@ -3,8 +3,9 @@
 Same texts, same prompts (token ids), same batch size. Variants:
   plain_fp32      : model(**batch) in input order, fp32 (what a user gets by calling the HF model)
   plain_bf16      : the same under bf16 autocast
-  encode_document : searchr3's path (length-sorted batches, bf16 autocast, only the final hidden state,
-                    the prompt's shared head run once per call)
+  encode_document : searchr3's path (length-sorted batches, the model's default precision: bf16 autocast where
+                    the CPU computes bf16 natively, else fp32; only the final hidden state, the prompt's shared
+                    head run once per call)
   encode_document_no_prefix : the same with the shared head run in every row (as before the prefix pass)
 
 Usage: python benchmarks/bench_encode.py [--n 256] [--batch-size 16] [--data ../shared/data/msmarco-mini]
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from searchr3 import SearchR3
+from searchr3.backbone import cpu_features
 from searchr3.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +80,8 @@ def main() -> None:
         "max_length": m.max_length,
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_features": cpu_features(),
+        "encode_document_precision": "bf16" if m.bf16 else "fp32",
         "results": results,
         "speedup_vs_plain_fp32": round(results["plain_fp32"]["seconds"] / results["encode_document"]["seconds"], 2),
     }
