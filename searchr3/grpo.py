@@ -107,9 +107,8 @@ class GRPOConfig:
     # bookkeeping
     save_every: int = 5
     seed: int = 0
-    bf16: bool | None = (
-        None  # bf16 autocast (True), fp32 (False), or None: bf16 where the device computes it natively, fp32 elsewhere
-    )
+    # bf16 autocast (True), fp32 (False), or None: bf16 where the device computes it natively, fp32 elsewhere
+    bf16: bool | None = None
     show_progress_bar: bool = True
     env: EnvConfig = field(default_factory=EnvConfig)
 

@@ -125,9 +125,9 @@ class SFTConfig:
     max_steps: int = 12
     query_tokens: int = 64  # text tokens kept per query (the prompt template comes on top)
     doc_tokens: int = 128  # text tokens kept per document
-    bf16: bool | None = (
-        None  # bf16 autocast (True), fp32 (False), or None: bf16 where the device computes it natively (a CUDA GPU, a CPU with AVX-512 bf16 or AMX), fp32 elsewhere (emulated bf16 is slower)
-    )
+    # bf16 autocast (True), fp32 (False), or None: bf16 where the device computes it natively (a CUDA GPU, a CPU
+    # with AVX-512 bf16 or AMX), fp32 elsewhere (emulated bf16 is slower)
+    bf16: bool | None = None
     gradient_checkpointing: bool = False
     grad_cache_chunk: int = 8  # > 0: gradient caching (GradCache), this many sequences per chunk: the step's peak memory is one chunk's activations (2.5 GB instead of 5.7 at the default batch); 0 = off (the whole micro-batch at once, ~12 % faster)
     # losses
