@@ -46,7 +46,9 @@ from .runs import RunFolder, dataclass_defaults
 log = logging.getLogger(__name__)
 
 # Settings that may change between an interrupted run and its resume (they don't change the steps taken).
-_RESUMABLE = {"out", "steps", "save_every", "show_progress_bar"}
+# ``bf16`` is one: its default (None) already follows the machine, so a run moved from a CPU with native
+# bf16 to one without continues in fp32 either way; the precision each segment ran in is in its log rows.
+_RESUMABLE = {"out", "steps", "save_every", "show_progress_bar", "bf16"}
 
 
 @dataclass
@@ -532,6 +534,7 @@ class GRPOTrainer:
             "nce_docs": len(docs),
             "grad_norm": float(grad_norm),
             "lr": lr,
+            "bf16": self.model.bf16,  # the precision this step ran in (a resume may change it)
             "encoded": stats.encoded,
             "encoded_share": stats.share,
             "mean_age": stats.mean_age,

@@ -66,8 +66,8 @@ def default_training_folders(root: str | Path | None = None) -> list[str]:
 
 
 # Settings that may change between an interrupted run and its resume (they don't change the result
-# of the steps already taken).
-_RESUMABLE = {"out", "max_steps", "eval_every", "save_every", "show_progress"}
+# of the steps already taken). ``bf16`` is one (as in grpo's): the default follows the machine anyway.
+_RESUMABLE = {"out", "max_steps", "eval_every", "save_every", "show_progress", "bf16"}
 
 
 SFTError = RunError  # a training run that cannot start or go on (bad run folder, non-finite loss)
@@ -871,6 +871,7 @@ class SFTTrainer:
             **totals,
             "grad_norm": grad_norm.item(),
             "lr": self.sched.get_last_lr()[0],
+            "bf16": self.m.bf16,  # the precision this step ran in (a resume may change it)
             "processes": d.world,
             "seconds": time.perf_counter() - t0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -197,9 +197,11 @@ def test_resume_with_other_settings_or_data_is_refused(tiny_model_dir, beir_dir,
     cli(*_args(tmp_path / "r", tiny_model_dir, other, 2, "--resume")).assert_bad_input("data_digest")
     other_model = build_tiny_model(tmp_path / "other-model", seed=1)
     cli(*_args(tmp_path / "r", other_model, beir_dir, 2, "--resume")).assert_bad_input("different settings")
-    # a setting that does not change the steps taken may differ: more steps continue the run
-    _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 2, "--resume")
-    assert [json.loads(r)["step"] for r in (tmp_path / "r" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    # settings that do not change the steps taken may differ: more steps (and another precision) continue the run
+    _train(cli, tmp_path / "r", tiny_model_dir, beir_dir, 2, "--resume", "--bf16")
+    rows = [json.loads(r) for r in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["bf16"] is False and rows[1]["bf16"] is True  # each step's precision is logged (TINY_RL: --fp32)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, beir_dir, tmp_path):

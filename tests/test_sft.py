@@ -177,6 +177,10 @@ def test_resume_refuses_a_run_of_another_model(tmp_path, model_dir, beir_dir):
         train_sft(tiny_cfg(tmp_path / "run", other, beir_dir, max_steps=2), resume=True)
     with pytest.raises(SFTError, match="--resume"):
         train_sft(cfg)  # without --resume a finished run is never overwritten
+    # the precision may change on resume (bf16's default follows the machine anyway); each step logs its own
+    train_sft(tiny_cfg(tmp_path / "run", model_dir, beir_dir, max_steps=2, bf16=True), resume=True)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["bf16"]) for r in rows] == [(1, False), (2, True)]
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("keep me")
     with pytest.raises(SFTError, match="not a searchr3 SFT run"):
