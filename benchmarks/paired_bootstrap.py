@@ -5,10 +5,12 @@ query by query, with a paired bootstrap.
         --data ../shared/data/msmarco-mini --data ../shared/data/wikiqa-dev \
         --out benchmarks/results/bootstrap_full15.json
     python benchmarks/paired_bootstrap.py runs/full16/rl/final --reasoning mix --against off ...
+    python benchmarks/paired_bootstrap.py --pool seed0.json seed1.json --out pooled.json   # one setting, several seeds
 
 For each set: both systems' nDCG@10 on every judged query, the mean difference (model - the other), its 95 %
 percentile interval over 10,000 resamples of the queries (scipy's bootstrap), the share of resamples in which
-the model is ahead, and the queries each system wins. Corpus embeddings come from the shared cache, so a model
+the model is ahead, the queries each system wins, and both systems' nDCG@10 on every query (``per_query``:
+query id -> [model, other]; files written before session 24 lack it). Corpus embeddings come from the shared cache, so a model
 the pipeline evaluated does not encode its corpora again. (Files written before ``--against`` name the other
 system ``bm25`` in their keys.)
 """
@@ -16,6 +18,7 @@ system ``bm25`` in their keys.)
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +47,18 @@ def compare(model: SearchR3, folder: str, reasoning: str, against: str, resample
     ours = per_query(reasoning)
     other = evaluate_bm25(ds, per_query=True)["per_query"] if against == "bm25" else per_query(against)
     qids = sorted(ours)
-    a = np.array([ours[q]["ndcg@10"] for q in qids])
-    b = np.array([other[q]["ndcg@10"] for q in qids])
+    row = {"dataset": Path(folder).name, "num_docs": len(ds.corpus)}
+    row |= summarize(qids, [ours[q]["ndcg@10"] for q in qids], [other[q]["ndcg@10"] for q in qids], resamples, seed)
+    return row
+
+
+def summarize(qids: list[str], model: list[float], other: list[float], resamples: int, seed: int) -> dict:
+    """The paired bootstrap of per-query nDCG@10 (model, other) over the queries."""
+    a, b = np.asarray(model, dtype=float), np.asarray(other, dtype=float)
     diff = a - b
     res = bootstrap((diff,), np.mean, n_resamples=resamples, method="percentile", random_state=np.random.default_rng(seed))
     means = res.bootstrap_distribution  # the resampled mean differences
     return {
-        "dataset": Path(folder).name,
-        "num_docs": len(ds.corpus),
         "num_queries": len(qids),
         "model_ndcg@10": float(a.mean()),
         "against_ndcg@10": float(b.mean()),
@@ -61,13 +68,48 @@ def compare(model: SearchR3, folder: str, reasoning: str, against: str, resample
         "queries_model_wins": int((diff > 1e-9).sum()),
         "queries_against_wins": int((diff < -1e-9).sum()),
         "queries_tied": int((np.abs(diff) <= 1e-9).sum()),
+        # both systems' nDCG@10 per query, so runs of several seeds can be pooled query by query later
+        "per_query": {q: [float(x), float(y)] for q, x, y in zip(qids, a, b)},
     }
+
+
+def pool(files: list[Path], resamples: int, seed: int) -> tuple[dict, list[dict]]:
+    """Several runs' comparisons (e.g. one setting's seeds) as one: per query, each system's nDCG@10 averaged
+    over the runs, then the same bootstrap over the queries -- the seed-averaged difference and its interval."""
+    loaded = [json.loads(f.read_text()) for f in files]
+    for f, d in zip(files, loaded):
+        if any("per_query" not in r for r in d["rows"]):
+            raise ValueError(f"{f} has no per-query scores (written before session 24); run it again")
+    kinds = {(d["reasoning"], d["against"]) for d in loaded}
+    if len(kinds) != 1:
+        raise ValueError(f"the files compare different things: {sorted(kinds)}")
+    rows = []
+    for name in [r["dataset"] for r in loaded[0]["rows"]]:
+        runs = [next((r for r in d["rows"] if r["dataset"] == name), None) for d in loaded]
+        if any(r is None for r in runs):
+            continue  # a set not in every file is not pooled
+        qids = sorted(set.intersection(*(set(r["per_query"]) for r in runs)))
+        if len(qids) != len(runs[0]["per_query"]) or any(len(r["per_query"]) != len(qids) for r in runs):
+            raise ValueError(f"the files judge different queries of {name}")
+        a = [np.mean([r["per_query"][q][0] for r in runs]) for q in qids]
+        b = [np.mean([r["per_query"][q][1] for r in runs]) for q in qids]
+        rows.append(
+            {"dataset": name, "num_docs": runs[0]["num_docs"], "runs": len(runs)} | summarize(qids, a, b, resamples, seed)
+        )
+    reasoning, against = kinds.pop()
+    return {"pooled": [str(f) for f in files], "reasoning": reasoning, "against": against, "resamples": resamples}, rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="a searchr3 model folder")
-    ap.add_argument("--data", action="append", required=True, help="BEIR folder (split test); repeatable")
+    ap.add_argument("model", nargs="?", help="a searchr3 model folder")
+    ap.add_argument("--data", action="append", help="BEIR folder (split test); repeatable")
+    ap.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        help="instead of a model: files this script wrote (one setting's seeds), pooled query by query",
+    )
     ap.add_argument("--reasoning", default="off", choices=QUERY_MODES)
     ap.add_argument(
         "--against", default="bm25", choices=["bm25", *QUERY_MODES], help="BM25, or another query mode of the same model"
@@ -76,17 +118,25 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    model = SearchR3.from_pretrained(args.model)
-    if args.against == args.reasoning:
-        ap.error("--against names the same query mode as --reasoning")
-    rows = [compare(model, d, args.reasoning, args.against, args.resamples, args.seed) for d in args.data]
-    atomic_write_json(
-        args.out,
-        {"model": args.model, "reasoning": args.reasoning, "against": args.against, "resamples": args.resamples, "rows": rows},
-    )
+    if args.pool:
+        if args.model or args.data:
+            ap.error("--pool takes files, not a model or --data")
+        try:
+            head, rows = pool(args.pool, args.resamples, args.seed)
+        except (OSError, ValueError, KeyError) as e:  # a missing, corrupt or foreign file
+            ap.error(str(e))
+    else:
+        if not args.model or not args.data:
+            ap.error("a model and at least one --data are needed (or --pool FILE ...)")
+        if args.against == args.reasoning:
+            ap.error("--against names the same query mode as --reasoning")
+        model = SearchR3.from_pretrained(args.model)
+        rows = [compare(model, d, args.reasoning, args.against, args.resamples, args.seed) for d in args.data]
+        head = {"model": args.model, "reasoning": args.reasoning, "against": args.against, "resamples": args.resamples}
+    atomic_write_json(args.out, head | {"rows": rows})
     for r in rows:
         print(
-            f"{r['dataset']}: model {r['model_ndcg@10']:.4f} vs {args.against} {r['against_ndcg@10']:.4f}, difference {r['mean_difference']:+.4f} "
+            f"{r['dataset']}: model {r['model_ndcg@10']:.4f} vs {head['against']} {r['against_ndcg@10']:.4f}, difference {r['mean_difference']:+.4f} "
             f"(95 % CI {r['ci95'][0]:+.4f} .. {r['ci95'][1]:+.4f}; model ahead in {r['share_of_resamples_model_ahead']:.1%} of resamples; "
             f"wins {r['queries_model_wins']} / {r['queries_against_wins']}, ties {r['queries_tied']})"
         )
