@@ -34,7 +34,7 @@
   10 / 30 / 50 for 32 documents a step (216x less than full) and 23 % of the step's time, against 0.000 /
   0.000 / 0.031, 83 documents and 45 % for ``repair_all``. At the default 256 tokens, in a run trained with
   it (``benchmarks/results/refresh.json``), 24 documents a step and 32 % of the step, and the policy moved
-  3x further: error 0.006 / 0.023 / 0.139 (README, "refresh policies").
+  3x further: error 0.006 / 0.023 / 0.139 (docs/results.md, "refresh policies").
   An earlier 50-step run at a constant learning rate (``benchmarks/results/refresh_session6.json``) ran
   away after step 30 (every partial policy's error with it). Every row that decides
   a reward is then the current weights' own; what the policy can still miss is a stale document whose

@@ -53,8 +53,9 @@ _RESUMABLE = {"out", "steps", "save_every", "show_progress_bar", "bf16"}
 
 @dataclass
 class GRPOConfig:
-    """Settings of one RL run. The defaults took 12.8 minutes on 2 idle CPU cores (the `full` pipeline
-    preset's stage 2, see the README), about 5 of them the initial corpus encode."""
+    """Settings of one RL run. The defaults (10 steps on scifact) took 12.8 minutes on 2 idle CPU cores in an early
+    version, about 5 of them the initial corpus encode (docs/results.md, "Stage 2: the default RL run"); the `full`
+    preset's stage 2 overrides several of them (searchr3/pipeline.py)."""
 
     # the run
     out: str = "runs/rl-default"

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # minutes) and evaluates on the whole corpora at the model's 512 tokens. Its stage 2 trains 120 steps on
 # the 375 training queries its direct embedding does not already get right (hard_below 1), at lr 1e-4, with
 # the contrastive term on the embedding read after each sampled rollout and *without* the policy
-# gradient (pg_coef 0): in the ablation of session 18 (README, "Stage 2's reward, ablated") the policy
+# gradient (pg_coef 0): in the ablation of session 18 (docs/results.md, "Stage 2's reward, ablated") the policy
 # gradient alone changed no mode by more than 0.015 against the 40-step stage 2 before it, and adding it
 # to the contrastive term lowered every mode of both development sets by 0.002-0.032. The reward is still
 # computed and logged (mix: what a rollout adds to the mix query mode). Both presets' stage 1 learns at

@@ -113,7 +113,7 @@ class SFTConfig:
     lora_alpha: int = 32
     lora_layers: int = 12  # LoRA on the top N decoder layers only (0 = all, with the token row trainable); see prepare_model
     full_finetune: bool = False
-    lr: float = 8e-4  # peak; linear warm-up then decay to 0. 8e-4, not 2e-4: README "Why 8e-4" (40-step A/B, quick preset)
+    lr: float = 8e-4  # peak; linear warm-up, then decay to 0. Not 2e-4: docs/results.md "Why 8e-4" (40-step A/B)
     token_lr: float = (
         5e-3  # learning rate of the embedding token's row: at lr its logit rises ~1 nat in 20 steps, too slowly to learn emission
     )

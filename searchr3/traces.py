@@ -300,7 +300,7 @@ def predictable_keyword_traces(
     Why: the plain keyword target teaches rare names a small model cannot know ("Boulette, Cloer"); of the
     oracle keyword trace's gain over the direct embedding, the trace of the terms the model finds likely
     keeps 84 % / 77 % (msmarco-mini / wikiqa-dev, benchmarks/results/mix_probe_full16.json). Measured as a
-    stage-1 target (the full preset, README "Stage 1 on predictable keyword traces"): the model imitates it, but
+    stage-1 target (the full preset, docs/results.md "Stage 1 on predictable keyword traces"): the model imitates it, but
     on unseen queries its traces add nothing and every query mode is lower than with ``keywords``."""
     from tqdm.auto import tqdm
 
