@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,11 @@ def ensure_embed_token(model: PreTrainedModel, tokenizer: Any, token: str) -> in
     return token_id
 
 
+_TIED_TOKEN_ROW_WARNING = (
+    r".*Found unexpected adapter keys: \['[^']*lm_head\.token_adapter\.trainable_tokens_delta'\] while loading"
+)
+
+
 def load_backbone(
     name_or_path: str | os.PathLike | None, embed_token: str, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, Any, int, dict[str, Any] | None]:
@@ -230,7 +236,14 @@ def load_backbone(
         tokenizer = _load_tokenizer(path)
         token_id = ensure_embed_token(base_model, tokenizer, embed_token)
         try:
-            model = PeftModel.from_pretrained(base_model, path)
+            with warnings.catch_warnings():
+                if getattr(base_model.config, "tie_word_embeddings", False):
+                    # peft saves the embedding token's trained row under both tied modules but loads it once,
+                    # into embed_tokens' adapter, which lm_head shares, and warns that lm_head's copy is
+                    # unexpected. The copies are one tensor (tied); tests/test_sft.py checks that the loaded
+                    # output row is the trained one. Any other unexpected key still warns.
+                    warnings.filterwarnings("ignore", message=_TIED_TOKEN_ROW_WARNING)
+                model = PeftModel.from_pretrained(base_model, path)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"cannot load the LoRA adapter in {path}: {exc}") from exc
         return model, tokenizer, token_id, meta

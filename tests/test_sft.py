@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,7 +90,11 @@ def test_training_lowers_the_loss_and_trains_the_token_row(tmp_path, model_dir, 
     assert len((tmp_path / "run" / "traces.jsonl").read_text().splitlines()) == len({e.query for e in build_data(cfg).examples})
 
     base = SearchR3.from_pretrained(model_dir, prompts=PROMPTS, bf16=False)
-    trained = SearchR3.from_pretrained(final, bf16=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained = SearchR3.from_pretrained(final, bf16=False)
+    # the tied token row is saved twice and loaded once; peft's warning about the second copy is filtered
+    assert not [w for w in caught if "unexpected adapter keys" in str(w.message)]
     assert trained.prompts.query_system == "Query."  # prompts travel with the trained model
     # keyword traces fix the reasoning turn's prefix and the penalty that ends a term list
     assert (trained.prompts.reasoning_prefix, trained.prompts.repetition_penalty) == ("Key terms:", 1.3)
@@ -98,6 +103,9 @@ def test_training_lowers_the_loss_and_trains_the_token_row(tmp_path, model_dir, 
     w1 = trained.model.get_base_model().get_input_embeddings()(torch.arange(w0.shape[0]))
     assert not torch.allclose(w0[tok], w1[tok])  # the new token's row was trained ...
     assert torch.equal(w0[:tok], w1[:tok])  # ... and no other row
+    h = torch.randn(1, 1, w0.shape[1])  # the loaded output row is that trained row (it decides emission)
+    logit = trained.model.get_base_model().get_output_embeddings()(h)[0, 0, tok]
+    assert torch.allclose(logit, h[0, 0] @ w1[tok], atol=1e-5) and not torch.allclose(logit, h[0, 0] @ w0[tok], atol=1e-5)
     q = ["what about cat mat"]
     assert not torch.allclose(torch.tensor(base.encode_query(q)), torch.tensor(trained.encode_query(q)))
 
