@@ -5,7 +5,7 @@
   ``convert_to_tensor``..., ``similarity``, ``similarity_fn_name``), so e.g.
   ``InformationRetrievalEvaluator`` runs on a Search-R3 model unchanged.
 * :class:`MTEBSearchR3` implements MTEB's ``EncoderProtocol`` (via ``AbsEncoder``) *and*
-  ``SearchProtocol``: with ``reasoning=True`` queries are embedded after the model reasons, which a
+  ``SearchProtocol``: with ``reasoning=True`` (or ``"mix"``) queries are embedded after the model reasons, which a
   plain encoder interface cannot express. ``mteb.evaluate(MTEBSearchR3(model), tasks)`` runs it.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .model import SearchR3
+from .model import SearchR3, query_mode
 from .retrieval import dense_retrieve, exact_top_k
 
 
@@ -43,9 +43,9 @@ class STAdapter:
 
     similarity_fn_name = "cosine"
 
-    def __init__(self, model: SearchR3, *, reasoning: bool = False) -> None:
+    def __init__(self, model: SearchR3, *, reasoning: bool | str = False) -> None:
         self.model = model
-        self.reasoning = reasoning  # used by encode_query
+        self.reasoning = query_mode(reasoning)  # the query mode of encode_query: "off", "on" or "mix"
         self.model_card_data = _EvaluationLog()
 
     @property
@@ -78,7 +78,7 @@ class STAdapter:
         emb = self.model.encode(
             sentences,
             kind=kind,
-            reasoning=self.reasoning and kind == "query",
+            reasoning=self.reasoning if kind == "query" else "off",
             batch_size=batch_size,
             show_progress_bar=bool(show_progress_bar),
             normalize_embeddings=normalize_embeddings,
@@ -122,7 +122,7 @@ class MTEBSearchR3(_mteb_base()):
         model: SearchR3 | str | None = None,
         revision: str | None = None,
         *,
-        reasoning: bool = False,
+        reasoning: bool | str = False,
         batch_size: int = 16,
         name: str = "searchr3/search-r3",
         device: str | None = None,
@@ -132,7 +132,7 @@ class MTEBSearchR3(_mteb_base()):
 
         if model is None or isinstance(model, str):
             model = SearchR3.from_pretrained(model, **kwargs)
-        self.model, self.reasoning, self.batch_size = model, reasoning, batch_size
+        self.model, self.reasoning, self.batch_size = model, query_mode(reasoning), batch_size
         self._doc_ids: list[str] = []
         self._doc_emb = np.zeros((0, model.hidden_size), np.float32)
         self.mteb_model_meta = ModelMeta(

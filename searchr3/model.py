@@ -79,6 +79,11 @@ def mix_embeddings(direct: torch.Tensor, reasoned: torch.Tensor, weight: float) 
     return weight * unit(direct, dim=-1) + (1.0 - weight) * unit(reasoned, dim=-1)
 
 
+def _check_mix_weight(weight: float) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ValueError(f"mix_weight must be in [0, 1], got {weight!r}")
+
+
 def _as_list(texts: str | Sequence[str]) -> tuple[list[str], bool]:
     if isinstance(texts, str):
         return [texts], True
@@ -592,6 +597,31 @@ class SearchR3:
         out = self._query_modes(items, wanted, batch_size, show_progress_bar, **generation)
         return {k: (torch.nn.functional.normalize(e, dim=-1).numpy(), st) for k, (e, st) in out.items()}
 
+    def encode_query_with_reasoning(
+        self,
+        texts: str | Sequence[str],
+        reasoning: bool | str = True,
+        *,
+        batch_size: int = 8,
+        mix_weight: float = MIX_WEIGHT,
+        **generation: Any,
+    ) -> tuple[np.ndarray, list[str] | None]:
+        """Normalised query embeddings and the reasoning each was read after: what search shows its users.
+
+        ``reasoning`` is a query mode as in :meth:`encode_query`; "off" returns no texts (``None``), "on"
+        and "mix" one rollout per query (greedy unless ``do_sample``) and its text, "mix" the same
+        embedding as ``encode_query(reasoning="mix")`` with one rollout. ``generation``: as :meth:`reason`."""
+        items, _ = _as_list(texts)
+        mode = query_mode(reasoning)
+        if mode == "off":
+            return self.encode_query(items, batch_size=batch_size, **generation), None
+        _check_mix_weight(mix_weight)
+        ro = self.reason(items, batch_size=batch_size, **generation)
+        emb = ro.embeddings
+        if mode == "mix":
+            emb = mix_embeddings(self.encode_query(items, batch_size=batch_size, convert_to_tensor=True), emb, mix_weight)
+        return torch.nn.functional.normalize(emb.float(), dim=-1).numpy(), ro.texts
+
     def _query_or_document(
         self,
         items: list[str],
@@ -623,8 +653,7 @@ class SearchR3:
             raise TypeError(f"generation settings {sorted(generation)} need reasoning=True or 'mix'")
         if samples < 1:
             raise ValueError("samples must be >= 1")
-        if not 0.0 <= mix_weight <= 1.0:
-            raise ValueError("mix_weight must be in [0, 1]")
+        _check_mix_weight(mix_weight)
         out: dict[str, tuple[torch.Tensor, dict[str, float]]] = {}
         direct = reasoned = None
         direct_s = reason_s = 0.0

@@ -1,4 +1,4 @@
-"""Search an index from Python: ``Searcher(index_dir).search("query", k=10, reasoning=True)``."""
+"""Search an index from Python: ``Searcher(index_dir).search("query", k=10, reasoning="mix")``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .index import Hit, Index
+from .model import MIX_WEIGHT, query_mode
 
 
 @dataclass
@@ -37,22 +38,32 @@ class Searcher:
         self.index.check_model(model)
         self.model = model
 
-    def search(self, query: str, k: int = 10, reasoning: bool = False, **generation: Any) -> list[Hit]:
+    def search(
+        self, query: str, k: int = 10, reasoning: bool | str = "off", mix_weight: float = MIX_WEIGHT, **generation: Any
+    ) -> list[Hit]:
         """Top-``k`` hits for one query."""
-        return self.search_many([query], k=k, reasoning=reasoning, **generation)[0].hits
+        return self.search_many([query], k=k, reasoning=reasoning, mix_weight=mix_weight, **generation)[0].hits
 
     def search_many(
-        self, queries: list[str], k: int = 10, reasoning: bool = False, batch_size: int = 8, **generation: Any
+        self,
+        queries: list[str],
+        k: int = 10,
+        reasoning: bool | str = "off",
+        mix_weight: float = MIX_WEIGHT,
+        batch_size: int = 8,
+        **generation: Any,
     ) -> list[SearchResult]:
-        """Search several queries in one batch; with ``reasoning`` each result carries the model's reasoning."""
+        """Search several queries in one batch. ``reasoning``: the query mode ("off", "on", "mix" or a
+        bool, as :meth:`~searchr3.SearchR3.encode_query`); with "on" or "mix" each result carries the
+        model's reasoning. ``mix_weight``: the direct embedding's weight in "mix"."""
         if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
             raise TypeError("queries must be a list of strings")
+        mode = query_mode(reasoning)
         if not queries:
             return []
-        cut = self.model.truncated(queries, "query", reasoning)
-        if reasoning:
-            out = self.model.reason(queries, batch_size=batch_size, **generation)
-            emb, texts = out.embeddings.numpy(), out.texts
-        else:
-            emb, texts = self.model.encode_query(queries, batch_size=batch_size, **generation), [None] * len(queries)
+        cut = self.model.truncated(queries, "query", mode != "off")
+        emb, texts = self.model.encode_query_with_reasoning(
+            queries, mode, batch_size=batch_size, mix_weight=mix_weight, **generation
+        )
+        texts = texts or [None] * len(queries)
         return [SearchResult(q, hits, t, c) for q, hits, t, c in zip(queries, self.index.search(emb, k), texts, cut)]

@@ -6,8 +6,9 @@ model call on a single worker thread, which also keeps the model off the event l
 
 ``/v1/embeddings`` follows the OpenAI request/response shape (``input`` string or list, ``model``,
 ``encoding_format`` float|base64); Search-R3 options go in ``extra``:
-``{"reasoning": true, "input_type": "query"|"document"}`` (the OpenAI client sends it with
-``extra_body={"extra": {...}}``). ``dimensions`` (1..hidden size) returns the leading dimensions of
+``{"reasoning": "off"|"on"|"mix" (or a bool), "mix_weight": 0.6, "input_type": "query"|"document"}`` (the OpenAI
+client sends it with ``extra_body={"extra": {...}}``); ``POST /search`` takes the same ``reasoning`` and
+``mix_weight``. ``dimensions`` (1..hidden size) returns the leading dimensions of
 each embedding, re-normalised (Matryoshka-style truncation). Each item says whether its text was
 cut at ``max_length`` (``truncated``), and ``usage.truncated_inputs`` counts them.
 
@@ -29,13 +30,15 @@ import time
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
+
+from .model import MIX_WEIGHT, query_mode
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,8 @@ class ServiceConfig:
 class _Job:
     texts: list[str]
     kind: str
-    reasoning: bool
+    mode: str  # the query mode: "off" (and every document), "on", "mix"
+    mix_weight: float
     future: Future
 
 
@@ -84,11 +88,13 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="searchr3-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, texts: list[str], kind: str = "document", reasoning: bool = False) -> Future:
+    def submit(
+        self, texts: list[str], kind: str = "document", reasoning: bool | str = False, mix_weight: float = MIX_WEIGHT
+    ) -> Future:
         if not self._thread.is_alive():
             raise RuntimeError("the batcher is closed")
         fut: Future = Future()
-        self._queue.put(_Job(list(texts), kind, reasoning, fut))
+        self._queue.put(_Job(list(texts), kind, query_mode(reasoning), float(mix_weight), fut))
         return fut
 
     def close(self) -> None:
@@ -112,31 +118,31 @@ class MicroBatcher:
                     break
                 jobs.append(job)
                 n += len(job.texts)
-            groups: dict[tuple[str, bool], list[_Job]] = {}
-            for job in jobs:
-                groups.setdefault((job.kind, job.reasoning), []).append(job)
-            for (kind, reasoning), group in groups.items():
-                self._encode(group, kind, reasoning)
+            groups: dict[tuple[str, str, float], list[_Job]] = {}
+            for job in jobs:  # one model call per kind of encoding
+                groups.setdefault((job.kind, job.mode, job.mix_weight), []).append(job)
+            for key, group in groups.items():
+                self._encode(group, key)
             if stop:
                 return
 
-    def _call(self, texts: list[str], kind: str, reasoning: bool):
-        if reasoning:
-            out = self.model.reason(texts, batch_size=self.max_batch)
-            return out.embeddings.numpy(), out.texts
-        return self.model.encode(texts, kind=kind, batch_size=self.max_batch), None
+    def _call(self, texts: list[str], key: tuple[str, str, float]):
+        kind, mode, mix_weight = key
+        if mode == "off":
+            return self.model.encode(texts, kind=kind, batch_size=self.max_batch), None
+        return self.model.encode_query_with_reasoning(texts, mode, batch_size=self.max_batch, mix_weight=mix_weight)
 
-    def _encode(self, jobs: list[_Job], kind: str, reasoning: bool) -> None:
+    def _encode(self, jobs: list[_Job], key: tuple[str, str, float]) -> None:
         texts = [t for job in jobs for t in job.texts]
         try:
-            emb, thoughts = self._call(texts, kind, reasoning)
+            emb, thoughts = self._call(texts, key)
         except Exception as e:  # noqa: BLE001 - isolate: retry each request alone, so only the culprit fails
             if len(jobs) == 1:
                 jobs[0].future.set_exception(e)
                 return
             log.warning("a batch of %d requests failed (%s: %s); retrying them one by one", len(jobs), type(e).__name__, e)
             for job in jobs:
-                self._encode([job], kind, reasoning)
+                self._encode([job], key)
             return
         self.batches += 1
         self.texts += len(texts)
@@ -148,8 +154,13 @@ class MicroBatcher:
 
 
 # ---------------------------------------------------------------------------------------- schema
+QueryMode = bool | Literal["off", "on", "mix"]  # as SearchR3.encode_query's ``reasoning``
+MixWeight = Annotated[float, Field(ge=0.0, le=1.0)]  # "mix": the direct embedding's weight
+
+
 class EmbeddingExtra(BaseModel):
-    reasoning: bool = False
+    reasoning: QueryMode = False
+    mix_weight: MixWeight = MIX_WEIGHT
     input_type: Literal["query", "document"] | None = None  # default: query with reasoning, else document
 
 
@@ -165,7 +176,8 @@ class EmbeddingRequest(BaseModel):
 class SearchRequest(BaseModel):
     query: str
     k: int = 10
-    reasoning: bool = False
+    reasoning: QueryMode = False
+    mix_weight: MixWeight = MIX_WEIGHT
 
 
 class ClientError(Exception):
@@ -276,9 +288,9 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
                     ) from None
             raise
 
-    async def encode(texts: list[str], kind: str, reasoning: bool):
+    async def encode(texts: list[str], kind: str, mode: str = "off", mix_weight: float = MIX_WEIGHT):
         try:
-            return await asyncio.wrap_future(state["batcher"].submit(texts, kind, reasoning))
+            return await asyncio.wrap_future(state["batcher"].submit(texts, kind, mode, mix_weight))
         except Exception as e:  # noqa: BLE001 - this request alone failed (the batcher isolates requests)
             log.error("encoding failed: %s: %s", type(e).__name__, e)
             raise ClientError(500, f"encoding failed: {type(e).__name__}") from None
@@ -306,11 +318,12 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
         dim = model.hidden_size
         if req.dimensions is not None and not 1 <= req.dimensions <= dim:
             raise ClientError(400, f"dimensions must be between 1 and {dim}, got {req.dimensions}")
-        kind = req.extra.input_type or ("query" if req.extra.reasoning else "document")
-        if req.extra.reasoning and kind != "query":
+        mode = query_mode(req.extra.reasoning)
+        kind = req.extra.input_type or ("query" if mode != "off" else "document")
+        if mode != "off" and kind != "query":
             raise ClientError(400, "reasoning applies to queries only (input_type 'query')")
-        cut = check_texts(texts, kind, req.extra.reasoning)
-        emb, thoughts = await encode(texts, kind, req.extra.reasoning)
+        cut = check_texts(texts, kind, mode != "off")
+        emb, thoughts = await encode(texts, kind, mode, req.extra.mix_weight)
         emb = shorten(emb, req.dimensions)
         tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"])
         data = []
@@ -329,8 +342,9 @@ def create_app(model: Any = None, *, searcher: Any = None, config: ServiceConfig
             raise ClientError(404, "this server has no index (start it with `searchr3 serve IDX`)")
         if not 1 <= req.k <= cfg.max_k:
             raise ClientError(400, f"k must be between 1 and {cfg.max_k}")
-        cut = check_texts([req.query], "query", req.reasoning, what="query")
-        emb, thoughts = await encode([req.query], "query", req.reasoning)
+        mode = query_mode(req.reasoning)
+        cut = check_texts([req.query], "query", mode != "off", what="query")
+        emb, thoughts = await encode([req.query], "query", mode, req.mix_weight)
         hits = searcher.index.search(np.asarray(emb), req.k)[0]
         return {
             "query": req.query,

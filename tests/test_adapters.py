@@ -85,3 +85,15 @@ def test_st_adapter_matches_model(tiny):
         st.encode(["x"], prompt="Represent this:")
     with pytest.raises(ValueError, match="unknown prompt_name"):
         st.encode(["x"], prompt_name="classification")
+
+
+def test_st_adapter_query_modes(tiny):
+    """The adapter takes encode_query's three modes; "mix" stays the mix (it once became plain reasoning),
+    and documents are always encoded directly."""
+    tiny.prompts.max_reasoning_tokens = 4
+    st = STAdapter(tiny, reasoning="mix")
+    np.testing.assert_allclose(st.encode_query(["paris"]), tiny.encode_query(["paris"], reasoning="mix"), atol=1e-6)
+    assert not np.allclose(st.encode_query(["paris"]), tiny.encode_query(["paris"], reasoning="on"), atol=1e-4)
+    np.testing.assert_allclose(st.encode_document(["paris"]), tiny.encode_document(["paris"]), atol=1e-6)
+    with pytest.raises(ValueError, match="reasoning must be"):
+        STAdapter(tiny, reasoning="maybe")

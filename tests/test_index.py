@@ -331,6 +331,32 @@ def test_searcher_api(built, tiny):
         s.search("x", k=0)
 
 
+def test_searcher_query_modes(built, tiny):
+    """search takes the three query modes of encode_query; "mix" ranks by exactly encode_query's mix embedding
+    (one greedy rollout) and shows the reasoning it was read after."""
+    _, path = built
+    s = Searcher(path, tiny)
+    tiny.prompts.max_reasoning_tokens = 4
+    queries = ["the cat", "rain"]
+    mixed = s.search_many(queries, k=3, reasoning="mix", mix_weight=0.3)
+    on = s.search_many(queries, k=3, reasoning="on")
+    want = tiny.encode_query(queries, reasoning="mix", mix_weight=0.3)
+    for r, w, o in zip(mixed, s.index.search(want, 3), on):
+        assert [h.id for h in r.hits] == [h.id for h in w]
+        np.testing.assert_allclose([h.score for h in r.hits], [h.score for h in w], atol=1e-5)
+        assert isinstance(r.reasoning, str) and r.reasoning == o.reasoning  # the same greedy rollout
+    for mode, weight in (("off", 1.0), ("on", 0.0)):  # the mix's two ends
+        ends = s.search_many(queries, k=3, reasoning="mix", mix_weight=weight)
+        for a, b in zip(ends, s.search_many(queries, k=3, reasoning=mode)):
+            assert [h.id for h in a.hits] == [h.id for h in b.hits]
+            np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-5)
+    assert s.search_many(queries, k=1, reasoning="off")[0].reasoning is None
+    with pytest.raises(ValueError, match="reasoning must be"):
+        s.search("x", reasoning="maybe")
+    with pytest.raises(ValueError, match="mix_weight must be in"):
+        s.search("x", reasoning="mix", mix_weight=1.5)
+
+
 # ---------------------------------------------------------------------------- CLI (through searchr3.cli.main)
 def test_cli_build_add_search(cli, tiny_model_dir, tmp_path):
     (tmp_path / "a.txt").write_text("\n".join(TEXTS[:4]) + "\n")
@@ -350,6 +376,12 @@ def test_cli_build_add_search(cli, tiny_model_dir, tmp_path):
     assert {h["id"] for x in lines for h in x["hits"]} <= {"1", "2", "3", "4", "b0", "b1"}
     out = cli("search", idx, "paris", "-k", "2", "--fp32")
     assert out.code == 0 and "query: paris" in out.out and "  1. " in out.out
+    out = cli("search", idx, "paris", "-k", "2", "--reasoning", "mix", "--mix-weight", "0.5", "--json", "--fp32")
+    assert out.code == 0, out.err[-2000:]
+    (line,) = [json.loads(x) for x in out.out.strip().splitlines()]
+    assert isinstance(line["reasoning"], str) and len(line["hits"]) == 2
+    cli("search", idx, "paris", "--reasoning", "maybe", "--fp32").assert_bad_input("--reasoning")
+    cli("search", idx, "paris", "--reasoning", "mix", "--mix-weight", "1.5", "--fp32").assert_bad_input("--mix-weight")
     out = cli("search", idx, "cat " * 500, "-k", "1", "--fp32")
     assert out.code == 0 and "note: the query was cut at the index's max_length (400 tokens)" in out.out
 

@@ -53,6 +53,10 @@ def test_embeddings_openai_shape(server):
     r = post(f"{url}/v1/embeddings", json={"input": ["paris"], "extra": {"reasoning": True}})
     assert r.status_code == 200 and isinstance(r.json()["data"][0]["reasoning"], str)
     assert abs(np.linalg.norm(r.json()["data"][0]["embedding"]) - 1) < 1e-4
+    r = post(f"{url}/v1/embeddings", json={"input": ["paris", "rain"], "extra": {"reasoning": "mix", "mix_weight": 0.4}})
+    assert r.status_code == 200 and all(isinstance(d["reasoning"], str) for d in r.json()["data"])
+    got = np.stack([d["embedding"] for d in r.json()["data"]])
+    np.testing.assert_allclose(got, model.encode_query(["paris", "rain"], reasoning="mix", mix_weight=0.4), atol=1e-5)
 
 
 def test_search_endpoint_matches_python_api(server):
@@ -65,6 +69,12 @@ def test_search_endpoint_matches_python_api(server):
     np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in want], atol=1e-5)
     r = post(f"{url}/search", json={"query": "the cat", "k": 2, "reasoning": True})
     assert r.status_code == 200 and isinstance(r.json()["reasoning"], str) and len(r.json()["hits"]) == 2
+    for mode in ("on", "mix"):  # the query modes as strings: the same hits and reasoning as the Python API
+        r = post(f"{url}/search", json={"query": "the cat", "k": 3, "reasoning": mode, "mix_weight": 0.3})
+        assert r.status_code == 200, r.text
+        (want,) = Searcher(idx, model).search_many(["the cat"], k=3, reasoning=mode, mix_weight=0.3)
+        assert r.json()["reasoning"] == want.reasoning and [h["id"] for h in r.json()["hits"]] == [h.id for h in want.hits]
+        np.testing.assert_allclose([h["score"] for h in r.json()["hits"]], [h.score for h in want.hits], atol=1e-5)
 
 
 # Every bad input tried, with the answer it gets (the README's table is this list). Bodies are sent as
@@ -89,12 +99,14 @@ BAD_EMBEDDINGS = [
     ("numbers instead of texts", {"input": [1, 2]}, 422, "invalid request: input"),
     ("input missing", {"model": "m"}, 422, "input: Field required"),
     ("input an object", {"input": {"a": 1}}, 422, "invalid request: input"),
-    ("reasoning not a boolean", {"input": "a", "extra": {"reasoning": "maybe"}}, 422, "extra.reasoning"),
+    ("reasoning not a query mode", {"input": "a", "extra": {"reasoning": "maybe"}}, 422, "extra.reasoning"),
+    ("mix_weight over 1", {"input": "a", "extra": {"reasoning": "mix", "mix_weight": 1.5}}, 422, "extra.mix_weight"),
     ("unknown encoding_format", {"input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
     ("dimensions 0", {"input": "a", "dimensions": 0}, 400, "dimensions must be between 1 and 32, got 0"),
     ("dimensions over the model's", {"input": "a", "dimensions": 33}, 400, "dimensions must be between 1 and 32, got 33"),
     ("dimensions not an integer", {"input": "a", "dimensions": "all"}, 422, "dimensions"),
     ("reasoning on a document", {"input": "a", "extra": {"reasoning": True, "input_type": "document"}}, 400, "queries only"),
+    ("mix on a document", {"input": "a", "extra": {"reasoning": "mix", "input_type": "document"}}, 400, "queries only"),
     ("oversized body", {"input": ["word " * 150] * 8}, 413, "request body over the limit"),
     ("body a JSON list", [1, 2], 422, "invalid request"),
 ]
@@ -133,6 +145,8 @@ BAD_SEARCHES = [
     ("k 0", {"query": "a", "k": 0}, 400, "k must be between 1 and 100"),
     ("k too big", {"query": "a", "k": 101}, 400, "k must be between 1 and 100"),
     ("k a string", {"query": "a", "k": "ten"}, 422, "k: Input should be a valid integer"),
+    ("reasoning not a query mode", {"query": "a", "reasoning": "all"}, 422, "reasoning"),
+    ("mix_weight below 0", {"query": "a", "reasoning": "mix", "mix_weight": -0.1}, 422, "mix_weight"),
     ("query missing", {"k": 3}, 422, "query: Field required"),
     ("query a list", {"query": ["a"]}, 422, "query: Input should be a valid string"),
     ("query over the character limit", {"query": "y" * 201}, 413, "query has 201 characters"),
