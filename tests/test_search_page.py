@@ -61,7 +61,7 @@ def browser():
 def test_search_page_finds_the_top_hit(site, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     url, searcher = site
     query = "paris is the capital of france"
@@ -80,14 +80,17 @@ def test_search_page_finds_the_top_hit(site, browser):
     assert [h.id for h in want] == [li.get_attribute("data-id") for li in hits]
     assert not browser.find_element(By.ID, "reasoning-box").is_displayed()
 
-    browser.find_element(By.ID, "reasoning").click()  # reasoning on: the model's text is shown above the hits
-    browser.find_element(By.ID, "go").click()
-    wait.until(ec.visibility_of_element_located((By.ID, "reasoning-box")))
-    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "3 hits"))
-    reasoned = searcher.search_many([query], k=3, reasoning=True)[0]
-    assert browser.find_element(By.ID, "reasoning-text").text == (
-        reasoned.reasoning or "(the model wrote nothing before its embedding token)"
-    )
+    for mode in ("on", "mix"):  # the model's text is shown above the hits, which are the Python API's for that mode
+        Select(browser.find_element(By.ID, "reasoning")).select_by_value(mode)
+        browser.find_element(By.ID, "go").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "reasoning-box")))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "3 hits"))
+        reasoned = searcher.search_many([query], k=3, reasoning=mode)[0]
+        assert browser.find_element(By.ID, "reasoning-text").text == (
+            reasoned.reasoning or "(the model wrote nothing before its embedding token)"
+        )
+        shown = [li.get_attribute("data-id") for li in browser.find_elements(By.CSS_SELECTOR, "#hits li.hit")]
+        assert shown == [h.id for h in reasoned.hits], mode
     shot = Path(os.environ.get("SEARCHR3_SCREENSHOT", REPO / "runs" / "test-artifacts" / "search_page.png"))
     shot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5_000
