@@ -89,7 +89,7 @@ def pool(files: list[Path], resamples: int, seed: int) -> tuple[dict, list[dict]
         if any(r is None for r in runs):
             continue  # a set not in every file is not pooled
         qids = sorted(set.intersection(*(set(r["per_query"]) for r in runs)))
-        if len(qids) != len(runs[0]["per_query"]) or any(len(r["per_query"]) != len(qids) for r in runs):
+        if any(len(r["per_query"]) != len(qids) for r in runs):
             raise ValueError(f"the files judge different queries of {name}")
         a = [np.mean([r["per_query"][q][0] for r in runs]) for q in qids]
         b = [np.mean([r["per_query"][q][1] for r in runs]) for q in qids]
