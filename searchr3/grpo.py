@@ -75,7 +75,7 @@ class GRPOConfig:
     # mix query mode's embedding (mix_weight on the direct one), so a trace is rewarded for what it adds to the direct
     # embedding; "ndcg": nDCG, against the group mean
     reward: str = "gain"
-    mix_weight: float = MIX_WEIGHT  # the direct embedding's weight in reward="mix" (encode_query's default mix)
+    mix_weight: float = MIX_WEIGHT  # the direct embedding's weight in reward="mix" and nce_on="mix" (encode_query's default mix)
     # > 0: train only on the queries whose direct embedding (of the initial model) scores nDCG@k below this in the
     # environment -- where a trace has room to gain; 0: every judged query
     hard_below: float = 0.0
@@ -100,6 +100,10 @@ class GRPOConfig:
     # the contrastive term's negatives: "all" the step's candidates, or only the "fresh" ones (re-encoded
     # with the current weights this step; stale rows, from older weights, are left out)
     nce_negatives: str = "all"
+    # what the contrastive term reads: the embedding after each rollout ("trace"), or the mix query mode's embedding
+    # ("mix": mix_weight on the query's direct embedding, held fixed), so the trace is trained to add to the direct
+    # embedding, as users run it, rather than to replace it
+    nce_on: str = "trace"
     # the corpus in the environment
     doc_max_length: int = 256  # documents are encoded at this length
     corpus_limit: int = 0  # keep only the first N documents plus every judged one (0 = all); per folder
@@ -133,6 +137,8 @@ class GRPOConfig:
             raise ValueError("need lr > 0, clip_eps > 0, pg_coef >= 0, kl_coef >= 0, nce_coef >= 0, nce_temperature > 0")
         if self.nce_negatives not in ("all", "fresh"):
             raise ValueError(f"nce_negatives must be 'all' or 'fresh', got {self.nce_negatives!r}")
+        if self.nce_on not in ("trace", "mix"):
+            raise ValueError(f"nce_on must be 'trace' or 'mix', got {self.nce_on!r}")
         if self.reward not in ("gain", "mix", "ndcg"):
             raise ValueError(f"reward must be 'gain', 'mix' or 'ndcg', got {self.reward!r}")
         if not 0.0 <= self.mix_weight < 1.0 or not 0.0 <= self.hard_below <= 1.0:
@@ -227,6 +233,12 @@ def rollout_query_embeddings(cfg: GRPOConfig, rollouts: np.ndarray, direct: np.n
     if cfg.reward != "mix":
         return rollouts
     return mix_embeddings(torch.from_numpy(direct), torch.from_numpy(rollouts), cfg.mix_weight).numpy()
+
+
+def nce_query_embeddings(cfg: GRPOConfig, rollouts: torch.Tensor, direct: torch.Tensor) -> torch.Tensor:
+    """What the contrastive term reads with ``nce_on="mix"``: the mix query mode's embedding of each rollout,
+    its direct half a constant (no gradient reaches the direct pass; the term trains what the trace adds)."""
+    return mix_embeddings(direct.detach().to(rollouts.dtype), rollouts, cfg.mix_weight)
 
 
 # ---------------------------------------------------------------------- losses
@@ -475,10 +487,12 @@ class GRPOTrainer:
         emitted = [e for _, em, _ in parts for e in em]
         hit_limit = [not e and n > cfg.max_new_tokens for _, em, ns in parts for e, n in zip(em, ns)]
         direct = None
-        if cfg.reward != "ndcg":  # the policy's direct embedding of each query (every rank computes all): the gain's baseline
+        if cfg.reward != "ndcg" or cfg.nce_on == "mix":
+            # the policy's direct embedding of each query (every rank computes all): the gain's baseline, the mix's other half
             direct = np.repeat(m.encode_query([self.queries[q] for q in qids], convert_to_numpy=True), cfg.group, axis=0)
         scored = rollout_query_embeddings(cfg, np.concatenate([e for e, _, _ in parts]), direct)
-        res = env.step(everyone, scored, [self.qrels[q] for q in everyone], emitted, hit_limit, direct)
+        baseline = None if cfg.reward == "ndcg" else direct
+        res = env.step(everyone, scored, [self.qrels[q] for q in everyone], emitted, hit_limit, baseline)
         dev = m.device
         adv = group_advantages(
             torch.from_numpy(res.rewards[lo:hi]), cfg.group, baseline=None if cfg.reward == "ndcg" else 0.0
@@ -499,7 +513,8 @@ class GRPOTrainer:
         docs = sorted(candidates | {d for p in res.positives for d in p})
         col = {d: j for j, d in enumerate(docs)}
         best = torch.tensor([col[max(p, key=lambda d: (p[d], -d))] for p in res.positives[lo:hi]], device=dev)
-        nce = info_nce(emb, torch.from_numpy(env.emb[docs]).to(dev), best, cfg.nce_temperature)
+        read = emb if cfg.nce_on == "trace" else nce_query_embeddings(cfg, emb, torch.from_numpy(direct[lo:hi]).to(dev))
+        nce = info_nce(read, torch.from_numpy(env.emb[docs]).to(dev), best, cfg.nce_temperature)
         share = len(rep) / len(everyone)  # this rank's share of the means over all rollouts (1 in one process)
         total = (loss + cfg.nce_coef * nce) * share
         glob = d.sum(torch.stack([x.detach().float() * share for x in (total / share, pg, kl, nce)])).tolist()

@@ -21,10 +21,13 @@ from searchr3.grpo import (
     batch_queries,
     group_advantages,
     grpo_loss,
+    nce_query_embeddings,
     rollout_query_embeddings,
     sequence_logprobs,
     train_rl,
 )
+from searchr3.losses import info_nce
+from searchr3.model import mix_embeddings
 from searchr3.runs import RunError
 from tests.conftest import build_tiny_model, write_beir
 
@@ -349,6 +352,41 @@ def test_mix_reward_scores_the_mix_of_direct_and_rollout():
     mixed = rollout_query_embeddings(GRPOConfig(reward="mix", mix_weight=0.75), rollouts, direct)
     np.testing.assert_allclose(mixed, [[0.75, 0.25, 0.0], [0.0, 0.75, 0.25]], atol=1e-6)
     assert rollout_query_embeddings(GRPOConfig(reward="gain"), rollouts, direct) is rollouts
+
+
+def test_mix_contrastive_term_trains_what_the_trace_adds():
+    """nce_on="mix": the contrastive term reads the mix mode's embedding of each rollout, whose direct half is a
+    constant: the gradient reaches the rollout embedding only. A rollout that points away from the positive
+    costs less when the direct embedding already points at it (the term asks the trace to add, not to replace)."""
+    docs = torch.eye(3)
+    direct = torch.tensor([[1.0, 0.0, 0.0]], requires_grad=True)  # at the positive, document 0
+    rollout = torch.tensor([[0.0, 2.0, 0.0]], requires_grad=True)  # at a negative
+    cfg = GRPOConfig(nce_on="mix", mix_weight=0.75)
+    read = nce_query_embeddings(cfg, rollout, direct)
+    torch.testing.assert_close(read, mix_embeddings(direct, rollout, 0.75))
+    positive = torch.tensor([0])
+    mixed = info_nce(read, docs, positive, 0.05)
+    mixed.backward()
+    assert direct.grad is None and rollout.grad is not None and rollout.grad.abs().sum() > 0
+    assert mixed < info_nce(rollout, docs, positive, 0.05)
+    with pytest.raises(ValueError, match="nce_on must be 'trace' or 'mix'"):
+        GRPOConfig(nce_on="both")
+
+
+def test_mix_contrastive_term_in_a_run(tiny_model_dir, beir_dir, tmp_path, cli):
+    """The same first step (same seed, same rollouts) with nce_on trace and mix differs only in what the contrastive
+    term reads; with reward="ndcg" the direct embedding the mix needs does not turn the reward into a gain."""
+    first = {}
+    for on in ("trace", "mix"):
+        train_rl(tiny_rl_config(tmp_path / on, tiny_model_dir, beir_dir, reward="ndcg", nce_on=on))
+        first[on] = next(json.loads(r) for r in (tmp_path / on / "log.jsonl").read_text().splitlines() if '"reward"' in r)
+    assert first["mix"]["reward"] == pytest.approx(first["trace"]["reward"])
+    assert first["mix"]["ndcg"] == pytest.approx(first["trace"]["ndcg"])
+    assert "direct_ndcg" not in first["mix"] and math.isfinite(first["mix"]["nce"])
+    assert first["mix"]["nce"] != pytest.approx(first["trace"]["nce"])
+    cli(*_args(tmp_path / "bad", tiny_model_dir, beir_dir, 1, "--nce-on", "both")).assert_bad_input(
+        "nce_on must be 'trace' or 'mix'"
+    )
 
 
 def test_hard_below_keeps_the_queries_the_direct_embedding_misses(tiny_model_dir, beir_dir, tmp_path):

@@ -32,6 +32,7 @@ DEFAULTS = {
             "kl_coef",
             "nce_coef",
             "nce_negatives",
+            "nce_on",
             "doc_max_length",
             "corpus_limit",
             "max_queries",
@@ -78,7 +79,11 @@ def rl(
         "--reward",
         help="gain: nDCG minus the direct embedding's (reasoning earns what it adds); mix: the same gain, the rollout scored as the mix query mode's embedding; ndcg: nDCG alone.",
     ),
-    mix_weight: float = typer.Option(0.6, "--mix-weight", help="--reward mix: weight of the direct embedding in the scored mix."),
+    mix_weight: float = typer.Option(
+        0.6,
+        "--mix-weight",
+        help="Weight of the direct embedding in the mix: the one scored (--reward mix) and the one the contrastive term reads (--nce-on mix).",
+    ),
     hard_below: float = typer.Option(
         0.0,
         "--hard-below",
@@ -106,6 +111,11 @@ def rl(
         "all",
         "--nce-negatives",
         help="The contrastive term's negatives: all of the step's candidates, or only the fresh ones (re-encoded with the current weights this step).",
+    ),
+    nce_on: str = typer.Option(
+        "trace",
+        "--nce-on",
+        help="What the contrastive term reads: the embedding after each rollout (trace), or the mix query mode's (mix: --mix-weight on the direct embedding, held fixed).",
     ),
     limit_penalty: float = typer.Option(
         0.5, "--limit-penalty", min=0, help="Reward penalty of a rollout that hits the length limit without the token."
@@ -192,6 +202,7 @@ def rl(
         kl_coef=kl_coef,
         nce_coef=nce_coef,
         nce_negatives=nce_negatives,
+        nce_on=nce_on,
         doc_max_length=doc_max_length,
         corpus_limit=corpus_limit,
         max_queries=max_queries,
