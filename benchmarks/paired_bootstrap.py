@@ -6,12 +6,14 @@ query by query, with a paired bootstrap.
         --out benchmarks/results/bootstrap_full15.json
     python benchmarks/paired_bootstrap.py runs/full16/rl/final --reasoning mix --against off ...
     python benchmarks/paired_bootstrap.py --pool seed0.json seed1.json --out pooled.json   # one setting, several seeds
+    python benchmarks/paired_bootstrap.py --results runs/full30/final/results.json --reasoning mix --against off ...
 
 For each set: both systems' nDCG@10 on every judged query, the mean difference (model - the other), its 95 %
 percentile interval over 10,000 resamples of the queries (scipy's bootstrap), the share of resamples in which
 the model is ahead, the queries each system wins, and both systems' nDCG@10 on every query (``per_query``:
 query id -> [model, other]; files written before session 24 lack it). Corpus embeddings come from the shared cache, so a model
-the pipeline evaluated does not encode its corpora again. (Files written before ``--against`` name the other
+the pipeline evaluated does not encode its corpora again. ``--results`` reads both systems' per-query scores from evaluation rows instead
+(a pipeline stage's ``results.json``, written since session 25; BM25 rows are in ``zero_shot/``), so nothing is encoded. (Files written before ``--against`` name the other
 system ``bm25`` in their keys.)
 """
 
@@ -26,7 +28,7 @@ from scipy.stats import bootstrap
 
 from searchr3 import SearchR3
 from searchr3.data.beir import load_beir
-from searchr3.evaluation import encode_corpus, encode_queries, evaluate_bm25, evaluate_encoder
+from searchr3.evaluation import encode_corpus, encode_queries, evaluate_bm25, evaluate_encoder, mode_label
 from searchr3.io import atomic_write_json
 from searchr3.model import QUERY_MODES
 from searchr3.retrieval import default_corpus_cache
@@ -73,6 +75,36 @@ def summarize(qids: list[str], model: list[float], other: list[float], resamples
     }
 
 
+def from_results(files: list[Path], system: str, reasoning: str, against: str, resamples: int, seed: int) -> list[dict]:
+    """The comparison of :func:`compare`, from evaluation rows that hold per-query scores: ``system`` in mode
+    ``reasoning`` against the same system in mode ``against`` (or the BM25 row), on every set that has both."""
+    loaded = [json.loads(f.read_text()) for f in files]
+    rows = [r for d in loaded for r in (d["rows"] if isinstance(d, dict) else d)]  # a list of rows, or a summary's
+    out = []
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+
+        def find(sys_name: str, mode: str) -> dict | None:
+            hits = [r for r in rows if r["dataset"] == name and r["system"] == sys_name and mode_label(r["reasoning"]) == mode]
+            if len(hits) > 1:
+                raise ValueError(f"{len(hits)} rows of {sys_name!r} ({mode}) on {name}")
+            if hits and "per_query" not in hits[0]:
+                raise ValueError(f"the row of {sys_name!r} ({mode}) on {name} has no per-query scores")
+            return hits[0] if hits else None
+
+        ours, other = find(system, reasoning), find("BM25", "off") if against == "bm25" else find(system, against)
+        if ours is None or other is None:
+            continue  # a set without both rows is not compared
+        if set(ours["per_query"]) != set(other["per_query"]):
+            raise ValueError(f"the two rows judge different queries of {name}")
+        qids = sorted(ours["per_query"])
+        a = [ours["per_query"][q]["ndcg@10"] for q in qids]
+        b = [other["per_query"][q]["ndcg@10"] for q in qids]
+        out.append({"dataset": name, "num_docs": ours["num_docs"]} | summarize(qids, a, b, resamples, seed))
+    if not out:
+        raise ValueError(f"no set has rows of {system!r} in modes {reasoning} and {against}")
+    return out
+
+
 def pool(files: list[Path], resamples: int, seed: int) -> tuple[dict, list[dict]]:
     """Several runs' comparisons (e.g. one setting's seeds) as one: per query, each system's nDCG@10 averaged
     over the runs, then the same bootstrap over the queries -- the seed-averaged difference and its interval."""
@@ -110,6 +142,13 @@ def main() -> None:
         nargs="+",
         help="instead of a model: files this script wrote (one setting's seeds), pooled query by query",
     )
+    ap.add_argument(
+        "--results",
+        type=Path,
+        nargs="+",
+        help="instead of a model: evaluation rows with per-query scores (a pipeline stage's results.json)",
+    )
+    ap.add_argument("--system", default="searchr3 SFT+RL", help="--results: the system whose two rows are compared")
     ap.add_argument("--reasoning", default="off", choices=QUERY_MODES)
     ap.add_argument(
         "--against", default="bm25", choices=["bm25", *QUERY_MODES], help="BM25, or another query mode of the same model"
@@ -118,7 +157,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    if args.pool:
+    if args.against == args.reasoning:
+        ap.error("--against names the same query mode as --reasoning")
+    if args.pool and args.results:
+        ap.error("--pool and --results are two different inputs; give one")
+    if args.results:
+        if args.model or args.data:
+            ap.error("--results takes files, not a model or --data")
+        try:
+            rows = from_results(args.results, args.system, args.reasoning, args.against, args.resamples, args.seed)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a missing, corrupt or foreign file
+            ap.error(str(e))
+        head = {"results": [str(f) for f in args.results], "system": args.system, "reasoning": args.reasoning}
+        head |= {"against": args.against, "resamples": args.resamples}
+    elif args.pool:
         if args.model or args.data:
             ap.error("--pool takes files, not a model or --data")
         try:
@@ -127,9 +179,7 @@ def main() -> None:
             ap.error(str(e))
     else:
         if not args.model or not args.data:
-            ap.error("a model and at least one --data are needed (or --pool FILE ...)")
-        if args.against == args.reasoning:
-            ap.error("--against names the same query mode as --reasoning")
+            ap.error("a model and at least one --data are needed (or --pool FILE ... or --results FILE ...)")
         model = SearchR3.from_pretrained(args.model)
         rows = [compare(model, d, args.reasoning, args.against, args.resamples, args.seed) for d in args.data]
         head = {"model": args.model, "reasoning": args.reasoning, "against": args.against, "resamples": args.resamples}

@@ -265,6 +265,7 @@ def run_evaluation(
     cache_dir: str | Path | None = None,
     max_docs: int = 0,
     max_queries: int = 0,
+    per_query: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate each ``(name, encoder or "bm25", reasoning)`` on one BEIR split; one row per system.
 
@@ -272,7 +273,9 @@ def run_evaluation(
     ``cache_dir`` they are also kept on disk across calls (see :func:`encode_corpus`).
     ``max_docs`` evaluates on the corpus's first documents only (:meth:`BeirDataset.subset`);
     ``max_queries`` keeps the first judged queries, their relevant documents first within ``max_docs``;
-    rows then carry the sub-corpus in their ``dataset`` name.
+    rows then carry the sub-corpus in their ``dataset`` name. ``per_query``: each row also holds every judged
+    query's metrics (``per_query``: {qid: {metric: value}}), so two rows can be compared query by query later
+    (``benchmarks/paired_bootstrap.py --results``) without encoding anything again.
     """
     dataset = load_beir(data_dir, split).subset(max_docs, max_queries)
     if not dataset.judged_query_ids():  # checked before any encoding; a DataError is one `error:` line on the CLI
@@ -294,7 +297,7 @@ def run_evaluation(
                 raise ValueError(f"unknown system {system!r}: pass an Encoder or 'bm25'")
             if reasoning:
                 raise ValueError(f"{name}: BM25 has no reasoning mode")
-            result = evaluate_bm25(dataset, k=k, show_progress_bar=show_progress_bar)
+            result = evaluate_bm25(dataset, k=k, show_progress_bar=show_progress_bar, per_query=per_query)
         else:
             if id(system) not in corpus_cache:
                 corpus_cache[id(system)] = encode_corpus(
@@ -319,6 +322,7 @@ def run_evaluation(
                 k=k,
                 corpus_embeddings=corpus_cache[id(system)],
                 generation=settings[0] if settings else None,
+                per_query=per_query,
                 queries=query_cache[key][mode_label(reasoning)],
             )
         result.pop("run")

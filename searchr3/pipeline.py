@@ -9,10 +9,10 @@ The training stages are run folders (:mod:`searchr3.runs`): config first, checkp
 Output::
 
     config.json              the settings, written first; a re-run with other ones is refused
-    zero_shot/results.json   base model (reasoning off/on), BM25, MiniLM
+    zero_shot/results.json   base model (reasoning off/on), BM25, MiniLM; every row with its per-query scores
     sft/                     stage 1 run folder (log.jsonl, curves.png, final/)
     rl/                      stage 2 run folder (log.jsonl, reward.png, final/)
-    final/results.json       SFT and SFT+RL models, reasoning off/on
+    final/results.json       SFT and SFT+RL models, reasoning off/on/mix; with per-query scores
     results.md, results.json the table of everything; ndcg.png (bars); examples.md (reasoning text)
 """
 
@@ -172,6 +172,7 @@ class Pipeline:
                 cache_dir=self.emb_cache,
                 max_docs=self.cfg.eval_docs,
                 max_queries=self.cfg.eval_queries,
+                per_query=True,  # kept in the stage's results.json for query-by-query comparisons
             )
         write_results(rows, folder / "results.json")
         return rows
@@ -256,7 +257,8 @@ class Pipeline:
         return self.report(zero, sft, rl, final)
 
     def report(self, zero: dict, sft: dict, rl: dict, final: dict) -> dict[str, Any]:
-        rows = zero["rows"] + final["rows"]
+        # the per-query scores stay in the stages' results.json; the summary keeps the means
+        rows = [{k: v for k, v in r.items() if k != "per_query"} for r in zero["rows"] + final["rows"]]
         summary = {
             "preset": self.cfg.preset,
             "rows": rows,

@@ -218,7 +218,12 @@ def test_run_evaluation_table_and_results_file(tiny_dir: Path, tmp_path: Path) -
     for row in rows:
         assert row["dataset"] == "tiny" and row["split"] == "test" and row["num_queries"] == 2
         assert all(0.0 <= row[m] <= 1.0 for m in METRICS)
-        assert "run" not in row
+        assert "run" not in row and "per_query" not in row
+    # per_query: every judged query's metrics, whose means are the row's
+    for row in run_evaluation(tiny_dir, "test", systems, k=10, per_query=True):
+        assert len(row["per_query"]) == row["num_queries"] == 2
+        for m in METRICS:
+            assert np.mean([v[m] for v in row["per_query"].values()]) == pytest.approx(row[m])
     table = format_table(rows, title="tiny")
     assert table.row_count == 3 and len(table.columns) == 9
     out = tmp_path / "results" / "tiny.json"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,31 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, data, tiny_model_dir):
     assert "| searchr3 SFT+RL | on |" in (out / "results.md").read_text()
     assert "what about cat mat" in (out / "examples.md").read_text()
     assert {e["model"] for e in summary["examples"]} == {"zero-shot", "SFT+RL"}
+    # every stage row keeps its per-query scores (the summary only the means); the bootstrap script reads them
+    final_rows = json.loads((out / "final" / "results.json").read_text())
+    assert all(len(r["per_query"]) == r["num_queries"] for r in final_rows)
+    assert not any("per_query" in r for r in summary["rows"])
+    boot = tmp_path / "boot.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_bootstrap.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--results", str(out / "final" / "results.json"), "--reasoning", "mix", "--against", "off"]
+        + ["--resamples", "200", "--out", str(boot)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    by_mode = {(r["dataset"], r["reasoning"]): r["ndcg@10"] for r in final_rows if r["system"] == "searchr3 SFT+RL"}
+    compared = json.loads(boot.read_text())["rows"]
+    assert [r["dataset"] for r in compared] == list(dict.fromkeys(d for d, _ in by_mode))
+    for r in compared:
+        assert r["mean_difference"] == pytest.approx(by_mode[r["dataset"], "mix"] - by_mode[r["dataset"], False], abs=1e-9)
+    res = subprocess.run(
+        [sys.executable, str(script), "--results", str(out / "results.json"), "--reasoning", "mix", "--against", "off"]
+        + ["--out", str(boot)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "has no per-query scores" in res.stderr.splitlines()[-1]
 
     # A re-run skips finished stages; with the last two undone it redoes only those, the RL stage from
     # its checkpoint (no step is trained again), and finds the same numbers.
