@@ -51,6 +51,7 @@ def test_eval_command_writes_rows(tmp_path, tiny_model_dir, cli, monkeypatch):
         ("searchr3", True),
     ]
     assert all(r["num_queries"] == 4 and 0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+    assert all(len(r["per_query"]) == 4 for r in rows)  # each query's metrics, for paired comparisons
     assert "nDCG@10" in res.out
 
 

@@ -88,6 +88,7 @@ def evaluate(
             cache_dir=default_corpus_cache() if cache else None,
             max_docs=max_docs,
             max_queries=max_queries,
+            per_query=out is not None,  # the results file keeps every query's metrics for paired comparisons
         )
         console.print(format_table(part, title=title if title and len(folders) == 1 else f"{part[0]['dataset']} ({split})"))
         rows += part
@@ -118,7 +119,9 @@ def eval_command(
     ] = 1,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the rollouts when --samples > 1.")] = 1.0,
     baselines: Annotated[bool, typer.Option(help="Also evaluate BM25 and all-MiniLM-L6-v2.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Write the rows as JSON here.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Write the rows as JSON here, each with every judged query's metrics (per_query).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     max_length: Annotated[
         Optional[int], typer.Option(min=16, help="Token budget per text, prompt included (default: the model's, 512).")
