@@ -48,10 +48,16 @@ def compare(model: SearchR3, folder: str, reasoning: str, against: str, resample
 
     ours = per_query(reasoning)
     other = evaluate_bm25(ds, per_query=True)["per_query"] if against == "bm25" else per_query(against)
+    return paired(Path(folder).name, len(ds.corpus), ours, other, resamples, seed)
+
+
+def paired(dataset: str, num_docs: int, ours: dict, other: dict, resamples: int, seed: int) -> dict:
+    """One set's row: the bootstrap of two systems' per-query scores ({qid: {metric: value}}, the same queries)."""
+    if set(ours) != set(other):
+        raise ValueError(f"the two systems are judged on different queries of {dataset}")
     qids = sorted(ours)
-    row = {"dataset": Path(folder).name, "num_docs": len(ds.corpus)}
-    row |= summarize(qids, [ours[q]["ndcg@10"] for q in qids], [other[q]["ndcg@10"] for q in qids], resamples, seed)
-    return row
+    a, b = [ours[q]["ndcg@10"] for q in qids], [other[q]["ndcg@10"] for q in qids]
+    return {"dataset": dataset, "num_docs": num_docs} | summarize(qids, a, b, resamples, seed)
 
 
 def summarize(qids: list[str], model: list[float], other: list[float], resamples: int, seed: int) -> dict:
@@ -80,29 +86,25 @@ def from_results(files: list[Path], system: str, reasoning: str, against: str, r
     ``reasoning`` against the same system in mode ``against`` (or the BM25 row), on every set that has both."""
     loaded = [json.loads(f.read_text()) for f in files]
     rows = [r for d in loaded for r in (d["rows"] if isinstance(d, dict) else d)]  # a list of rows, or a summary's
+    other_system, other_mode = ("BM25", "off") if against == "bm25" else (system, against)
     out = []
     for name in dict.fromkeys(r["dataset"] for r in rows):
-
-        def find(sys_name: str, mode: str) -> dict | None:
-            hits = [r for r in rows if r["dataset"] == name and r["system"] == sys_name and mode_label(r["reasoning"]) == mode]
-            if len(hits) > 1:
-                raise ValueError(f"{len(hits)} rows of {sys_name!r} ({mode}) on {name}")
-            if hits and "per_query" not in hits[0]:
-                raise ValueError(f"the row of {sys_name!r} ({mode}) on {name} has no per-query scores")
-            return hits[0] if hits else None
-
-        ours, other = find(system, reasoning), find("BM25", "off") if against == "bm25" else find(system, against)
-        if ours is None or other is None:
-            continue  # a set without both rows is not compared
-        if set(ours["per_query"]) != set(other["per_query"]):
-            raise ValueError(f"the two rows judge different queries of {name}")
-        qids = sorted(ours["per_query"])
-        a = [ours["per_query"][q]["ndcg@10"] for q in qids]
-        b = [other["per_query"][q]["ndcg@10"] for q in qids]
-        out.append({"dataset": name, "num_docs": ours["num_docs"]} | summarize(qids, a, b, resamples, seed))
+        ours, other = _row(rows, name, system, reasoning), _row(rows, name, other_system, other_mode)
+        if ours is not None and other is not None:  # a set without both rows is not compared
+            out.append(paired(name, ours["num_docs"], ours["per_query"], other["per_query"], resamples, seed))
     if not out:
         raise ValueError(f"no set has rows of {system!r} in modes {reasoning} and {against}")
     return out
+
+
+def _row(rows: list[dict], dataset: str, system: str, mode: str) -> dict | None:
+    """The one row of ``system`` in query mode ``mode`` on ``dataset`` (None if there is none)."""
+    hits = [r for r in rows if r["dataset"] == dataset and r["system"] == system and mode_label(r["reasoning"]) == mode]
+    if len(hits) > 1:
+        raise ValueError(f"{len(hits)} rows of {system!r} ({mode}) on {dataset}")
+    if hits and "per_query" not in hits[0]:
+        raise ValueError(f"the row of {system!r} ({mode}) on {dataset} has no per-query scores")
+    return hits[0] if hits else None
 
 
 def pool(files: list[Path], resamples: int, seed: int) -> tuple[dict, list[dict]]:
